@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+version = {}
+exec((ROOT / "slime_entropy" / "_version.py").read_text(), version)
+
+# megatron-core's dist-checkpointing uses psutil without declaring it (saves hang without it).
+MEGATRON = ["megatron-core>=0.13", "psutil"]
+
+setup(
+    name="slime-entropy",
+    version=version["__version__"],
+    description="High-entropy ('forking') token filtering for RLVR as a drop-in loss for the slime trainer",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["slime_entropy", "slime_entropy.*"]),
+    python_requires=">=3.10",
+    # torch is deliberately unpinned here: pin it through constraints-cpu.txt on CPU machines, and bring your
+    # own CUDA build on GPU machines.
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={
+        # CPU machines: the real Megatron stack minus the CUDA-only parts.
+        "cpu": MEGATRON,
+        # GPU clusters: add CUDA torch yourself; transformer-engine needs a CUDA toolkit to build.
+        "gpu": MEGATRON + ["triton", "transformer-engine[pytorch]"],
+        "test": MEGATRON + ["pytest>=8", "pytest-timeout", "hypothesis"],
+    },
+    entry_points={},
+)

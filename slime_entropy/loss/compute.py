@@ -1,0 +1,347 @@
+"""The policy loss of one micro-batch, with the high-entropy token filter.
+
+This module composes the pure pieces (layout, policy, reducer, filter_metrics) with the two communicating
+kernels (``ops.logprob_entropy`` over the tensor-parallel group, ``ops.selection`` over the threshold group)
+and, for sequence-level objectives and kept-token denominators, per-sample sums over the context-parallel group.
+Every collective is unconditional for a given configuration, so every rank joins it whatever its token count.
+
+Data flow for one micro-batch on one rank::
+
+    logits [1, T, V/TP] ──fused log-prob + entropy (TP: 1 all-gather of O(N) stats)──► logp, H   [N local tokens]
+    H.detach()[valid] ──top-rho threshold over the scope's group (3 small all-reduces)──► tau
+    kept = valid & (H >= tau)
+    advantages ──(optional entropy shaping)──► A
+    surrogate(logp, old, A) ──× TIS weights──► pg_tok ──reducer over kept tokens──► pg_loss
+    loss = pg_loss - entropy_coef·reduce(H) + kl_loss_coef·reduce(KL)        (reduce: all valid tokens by default)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .. import collectives
+from ..config import LossConfig
+from ..ops.logprob_entropy import vocab_parallel_logprob_entropy
+from ..ops.selection import select_top_fraction
+from ..parallel import ParallelGroups
+from . import policy
+from .filter_metrics import population_metrics
+from .layout import ResponseLayout
+from .reducer import Reducer, sample_mean_reducer
+
+__all__ = ["PolicyLossResult", "compute_policy_loss", "slime_reducer", "metric_weight", "compute_log_probs_and_entropy"]
+
+
+@dataclass(frozen=True)
+class PolicyLossResult:
+    """loss: 0-d, carries gradient. metrics: detached 0-d tensors in slime's units (sum over samples, or over
+    tokens in per-token mode), keys in a fixed order for a given configuration. num_tokens: the token count
+    Megatron must normalise by in per-token mode, or None to use slime's default (valid tokens)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+    num_tokens: torch.Tensor | None
+
+
+_REQUIRED_KEYS = ("unconcat_tokens", "total_lengths", "response_lengths", "loss_masks", "advantages", "log_probs")
+
+
+def _check_batch(batch: Mapping, config: LossConfig) -> None:
+    needed = list(_REQUIRED_KEYS)
+    if config.policy.use_kl_loss:
+        needed.append("ref_log_probs")
+    if config.policy.use_tis:
+        needed.append("rollout_log_probs")
+    missing = [key for key in needed if key not in batch]
+    if missing:
+        why = {"ref_log_probs": " (needed by --use-kl-loss)", "rollout_log_probs": " (needed by --use-tis)"}
+        raise KeyError(
+            "micro-batch lacks " + ", ".join(f"'{k}'{why.get(k, '')}" for k in missing)
+            + f"; it has {sorted(batch)}"
+        )
+
+
+def _cat(parts, name: str, expected: int, device) -> torch.Tensor:
+    flat = torch.cat([p.reshape(-1) for p in parts]) if len(parts) else torch.zeros(0, device=device)
+    if flat.numel() != expected:
+        raise ValueError(
+            f"batch['{name}'] holds {flat.numel()} values but this rank scores {expected} response tokens "
+            "(per-token fields must cover exactly the rank's local response tokens, CP-sliced when CP > 1)"
+        )
+    return flat.to(device)
+
+
+def slime_reducer(layout: ResponseLayout, batch: Mapping, per_token: bool) -> Reducer:
+    """slime's ``sum_of_sample_mean`` for this micro-batch (full-response denominators, or slime HEAD's
+    ``rollout_mask_sums`` when the batch carries them)."""
+    local_masks = layout.local_masks(batch["loss_masks"])
+    denominators = batch.get("rollout_mask_sums")
+    if denominators is None:
+        denominators = [mask.sum() for mask in batch["loss_masks"]]
+    return sample_mean_reducer(local_masks, denominators, per_token)
+
+
+def metric_weight(batch: Mapping, per_token: bool) -> torch.Tensor:
+    """slime's ``values[0]`` for a micro-batch: the sample count, or in per-token mode the number of valid tokens
+    (each sample counting at least 1, as slime does)."""
+    if not per_token:
+        return torch.tensor(float(len(batch["response_lengths"])), dtype=torch.float64)
+    counts = [torch.clamp_min(mask.sum(), 1) for mask in batch["loss_masks"]]
+    return torch.stack(counts).sum().double() if counts else torch.tensor(0.0, dtype=torch.float64)
+
+
+def compute_log_probs_and_entropy(
+    config: LossConfig, groups: ParallelGroups, batch: Mapping, logits: torch.Tensor, *, entropy_grad: bool
+) -> tuple[ResponseLayout, torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies of this rank's response tokens from packed vocab-parallel logits ``[1, T, V/TP]``.
+
+    Both are of the tempered distribution softmax(logits / temperature). Returns (layout, log_probs [N], entropy
+    [N]); gradient flows through log_probs, and through entropy only if ``entropy_grad``.
+    """
+    if logits.dim() != 3 or logits.shape[0] != 1:
+        raise ValueError(f"expected packed logits of shape [1, T, V/TP], got {tuple(logits.shape)}")
+    logits_TV = logits[0]
+    layout = ResponseLayout.build(
+        batch["unconcat_tokens"],
+        batch["total_lengths"],
+        batch["response_lengths"],
+        cp_rank=groups.cp_rank,
+        cp_size=groups.cp_size,
+        device=logits.device,
+    )
+    if layout.rows.numel() and int(layout.rows.max()) >= logits_TV.shape[0]:
+        raise ValueError(
+            f"the batch's samples need {int(layout.rows.max()) + 1} logits rows but logits has {logits_TV.shape[0]} "
+            f"(total_lengths={list(batch['total_lengths'])}, cp_size={groups.cp_size})"
+        )
+    log_probs, entropy = vocab_parallel_logprob_entropy(
+        logits_TV,
+        layout.targets,
+        layout.rows,
+        tp_group=groups.tp,
+        vocab_start=groups.tp_rank * logits_TV.shape[-1],
+        vocab_size=config.kernel.vocab_size,
+        inv_temperature=1.0 / config.policy.temperature,
+        entropy_grad=entropy_grad,
+        chunk_rows=config.kernel.chunk_rows,
+        backend=config.kernel.backend,
+    )
+    return layout, log_probs, entropy
+
+
+def _split_sums(values_tok: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """[S] per-sample sums of a [N] tensor (gradient flows)."""
+    if not lengths:
+        return values_tok.new_zeros(0)
+    return torch.stack([part.sum() for part in values_tok.split(lengths)])
+
+
+def _expand(per_sample: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """[N] tensor repeating per_sample[i] over sample i's local tokens."""
+    return torch.repeat_interleave(per_sample, torch.tensor(lengths, device=per_sample.device), output_size=sum(lengths))
+
+
+def _clip_cov_generator(batch: Mapping) -> torch.Generator:
+    # Every tensor-parallel rank must pick the same tokens, and a recomputed loss must pick them again, so the
+    # seed comes from the micro-batch itself rather than from a global RNG.
+    key = repr((list(batch["total_lengths"]), list(batch["response_lengths"]))).encode()
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+
+
+def compute_policy_loss(
+    config: LossConfig,
+    groups: ParallelGroups,
+    batch: Mapping,
+    logits: torch.Tensor,
+    sum_of_sample_mean: Reducer | None = None,
+) -> PolicyLossResult:
+    """slime's policy loss of one micro-batch (filter off: slime v0.1.0's exact semantics), with the filter.
+
+    Args:
+        config: resolved loss configuration.
+        groups: tensor-, context- and data x context-parallel groups (``ParallelGroups.from_megatron()``).
+        batch: slime's micro-batch dict (see slime-reference §2.2).
+        logits: ``[1, T, V/TP]`` packed vocab-parallel logits of the last pipeline stage.
+        sum_of_sample_mean: slime's reducer for this micro-batch; None builds the identical one.
+
+    Returns:
+        PolicyLossResult. ``loss`` is in slime's units (a sum over samples of per-sample means, or a token sum in
+        per-token mode), before ``loss_function``'s Megatron scaling.
+    """
+    _check_batch(batch, config)
+    pol, filt = config.policy, config.entropy_filter
+    per_token = pol.per_token_loss
+    layout, log_probs, entropy = compute_log_probs_and_entropy(
+        config, groups, batch, logits, entropy_grad=pol.entropy_coef != 0
+    )
+    num_local = log_probs.numel()
+    device = log_probs.device
+    lengths = layout.local_lengths
+    base = sum_of_sample_mean if sum_of_sample_mean is not None else slime_reducer(layout, batch, per_token)
+
+    local_masks = layout.local_masks(batch["loss_masks"])
+    mask_dtype = local_masks[0].dtype if local_masks else torch.int64
+    valid_tok = (torch.cat(local_masks).to(device) > 0) if local_masks else torch.zeros(0, dtype=torch.bool, device=device)
+    advantages = _cat(batch["advantages"], "advantages", num_local, device).float()
+    old_log_probs = _cat(batch["log_probs"], "log_probs", num_local, device).float()
+    entropy_data = entropy.detach()
+    weight_local = metric_weight(batch, per_token)
+    metrics_extra: dict[str, torch.Tensor] = {}
+
+    # ---- the high-entropy token filter -------------------------------------------------------------------
+    num_tokens: torch.Tensor | None = None
+    if filt.enabled:
+        threshold_group = groups.dp_cp if filt.threshold_scope == "dp" else groups.cp
+        kept_tokens_decide_weight = per_token and filt.denominator == "kept"
+
+        def describe() -> str:
+            bad = [
+                i for i, part in enumerate(entropy_data.split(lengths)) if part.numel() and not torch.isfinite(part).all()
+            ]
+            return (
+                f"micro-batch of {len(lengths)} samples (total_lengths={list(batch['total_lengths'])}, "
+                f"response_lengths={list(batch['response_lengths'])}); samples with non-finite entropy here: {bad} "
+                f"(check the logits: NaN/Inf usually means diverged training or a bad learning rate)"
+            )
+
+        selection = select_top_fraction(
+            entropy_data[valid_tok],
+            filt.keep_fraction,
+            threshold_group,
+            method=filt.selection_method,
+            extra=weight_local.reshape(1).to(device, torch.float64),
+            describe=describe,
+        )
+        kept_tok = valid_tok & (entropy_data >= selection.threshold)
+        kept_local_masks = [part.to(mask_dtype) for part in kept_tok.split(lengths)]
+        # full-response kept counts per sample (integers, like slime's mask sums, so rho = 1 is bit-exact)
+        kept_counts = _split_sums(kept_tok.to(torch.int64), lengths)
+        collectives.all_reduce_sum_(kept_counts, groups.cp)
+        if kept_tokens_decide_weight:
+            num_tokens = kept_counts.sum()
+            group_weight = selection.num_kept.double() * groups.cp_size
+            weight_local = num_tokens.double()
+        else:
+            group_weight = selection.extra_sum[0]
+        metrics_extra.update(
+            population_metrics(
+                threshold=selection.threshold,
+                num_population=selection.num_population,
+                num_kept=selection.num_kept,
+                local_entropy_sum=(entropy_data * valid_tok).double().sum(),
+                local_kept_entropy_sum=(entropy_data * kept_tok).double().sum(),
+                local_weight=weight_local.to(device),
+                group_weight=group_weight,
+                cp_size=groups.cp_size,
+            )
+        )
+        if per_token or filt.denominator == "all":
+            kept_float = kept_tok.to(log_probs.dtype)
+
+            def kept_reducer(x: torch.Tensor) -> torch.Tensor:
+                return base(x * kept_float)
+
+        else:
+            kept_reducer = sample_mean_reducer(kept_local_masks, kept_counts, per_token=False)
+        # In per-token mode with kept-token normalisation Megatron divides by the kept count; terms over all valid
+        # tokens are rescaled by kept/population so each term stays a mean over its own tokens.
+        all_token_scale = (
+            (selection.num_kept.double() / selection.num_population.double().clamp_min(1)).float()
+            if kept_tokens_decide_weight
+            else None
+        )
+        weights_local_masks, weights_full = kept_local_masks, kept_counts
+    else:
+        kept_reducer = base
+        all_token_scale = None
+        weights_local_masks = local_masks
+        weights_full = torch.stack([m.sum() for m in batch["loss_masks"]]).to(device, torch.float64) if lengths else torch.zeros(0, dtype=torch.float64, device=device)
+
+    def reduce_all(x: torch.Tensor) -> torch.Tensor:
+        value = base(x)
+        return value if all_token_scale is None else value * all_token_scale
+
+    # ---- advantages ---------------------------------------------------------------------------------------
+    if pol.advantage_alpha > 0:
+        advantages, bonus = policy.shape_advantages(advantages, entropy_data, pol.advantage_alpha, pol.advantage_kappa)
+        metrics_extra["entropy_adv_bonus"] = reduce_all(bonus).detach()
+
+    # ---- the surrogate --------------------------------------------------------------------------------------
+    weight_tok = torch.cat(weights_local_masks).to(device, torch.float32) if lengths else torch.zeros(0, device=device)
+    if pol.mode == "gspo":
+        # the sequence log-ratio over the weighted (kept, or valid) tokens of the full sequence
+        numerator = collectives.differentiable_all_reduce_sum(
+            _split_sums((old_log_probs - log_probs) * weight_tok, lengths), groups.cp
+        )
+        seq_kl = numerator / weights_full.to(numerator.dtype).clamp_min(1)
+        ppo_kl = _expand(seq_kl, lengths)
+        pg_tok, clipfrac_tok = policy.clipped_surrogate(ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c)
+    elif pol.mode == "gmpo":
+        log_ratio_tok, clipfrac_tok = policy.gmpo_clipped_log_ratio(
+            log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high
+        )
+        sums = torch.stack([_split_sums(log_ratio_tok * weight_tok, lengths), _split_sums(advantages * weight_tok, lengths)], dim=-1)
+        sums = collectives.differentiable_all_reduce_sum(sums, groups.cp)
+        denominators = weights_full.to(sums.dtype).clamp_min(1)
+        seq_loss = -(sums[:, 1] / denominators) * torch.exp(sums[:, 0] / denominators)
+        pg_tok = _expand(seq_loss, lengths)
+        ppo_kl = old_log_probs - log_probs
+    else:
+        ppo_kl = old_log_probs - log_probs
+        population = weight_tok > 0
+        if pol.mode == "ppo":
+            pg_tok, clipfrac_tok = policy.clipped_surrogate(ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c)
+        elif pol.mode == "gpg":
+            pg_tok, clipfrac_tok = policy.gpg_surrogate(log_probs, advantages)
+        elif pol.mode == "cispo":
+            pg_tok, clipfrac_tok = policy.cispo_surrogate(log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high)
+        elif pol.mode == "clip_cov":
+            pg_tok, clipfrac_tok = policy.clip_cov_surrogate(
+                log_probs, old_log_probs, advantages, population,
+                eps_clip=pol.eps_clip, eps_clip_high=pol.eps_clip_high, ratio=pol.clip_cov_ratio,
+                lower_bound=pol.clip_cov_lb, upper_bound=pol.clip_cov_ub, generator=_clip_cov_generator(batch),
+            )
+        elif pol.mode == "kl_cov":
+            pg_tok, clipfrac_tok = policy.kl_cov_surrogate(
+                log_probs, old_log_probs, advantages, population, ratio=pol.kl_cov_ratio, coef=pol.kl_cov_coef
+            )
+        else:  # config validation makes this unreachable
+            raise AssertionError(pol.mode)
+
+    if pol.use_tis:
+        rollout_log_probs = _cat(batch["rollout_log_probs"], "rollout_log_probs", num_local, device).float()
+        tis_w, tis_ratio, tis_clipfrac = policy.tis_weights(old_log_probs, rollout_log_probs, pol.tis_clip_low, pol.tis_clip)
+        pg_tok = pg_tok * tis_w
+
+    pg_loss = kept_reducer(pg_tok)
+    pg_clipfrac = reduce_all(clipfrac_tok)
+    ppo_kl_metric = reduce_all(ppo_kl)
+    entropy_loss = (kept_reducer if filt.enabled and filt.mask_entropy_loss else reduce_all)(entropy)
+    loss = pg_loss - pol.entropy_coef * entropy_loss
+    if pol.use_kl_loss:
+        ref_log_probs = _cat(batch["ref_log_probs"], "ref_log_probs", num_local, device)
+        kl_tok = policy.approx_kl(log_probs, ref_log_probs, pol.kl_estimator)
+        kl_loss = (kept_reducer if filt.mask_kl_loss else reduce_all)(kl_tok)
+        loss = loss + pol.kl_loss_coef * kl_loss
+    if num_local == 0:
+        loss = loss + log_probs.sum() * 0  # keep the backward path to the logits alive on token-less ranks
+
+    metrics = {
+        "loss": loss.detach().clone(),
+        "pg_loss": pg_loss.detach().clone(),
+        "entropy_loss": entropy_loss.detach().clone(),
+        "pg_clipfrac": pg_clipfrac.detach().clone(),
+        "ppo_kl": ppo_kl_metric.detach().clone(),
+    }
+    if pol.use_kl_loss:
+        metrics["kl_loss"] = kl_loss.detach().clone()
+    if pol.use_tis:
+        metrics["tis"] = reduce_all(tis_ratio).detach()
+        metrics["ois"] = reduce_all((-ppo_kl).exp()).detach()
+        metrics["tis_clipfrac"] = reduce_all(tis_clipfrac).detach()
+    metrics.update(metrics_extra)
+    return PolicyLossResult(loss=loss, metrics=metrics, num_tokens=num_tokens)

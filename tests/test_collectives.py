@@ -1,0 +1,19 @@
+import torch
+from tests.distributed import run_world
+from slime_entropy import collectives as C
+import torch.distributed as dist
+
+def _w(rank, ws):
+    g = dist.new_group(list(range(ws)))
+    t = torch.arange(rank + 1, dtype=torch.float32)
+    v = C.all_gather_variable(t, g)
+    x = torch.tensor([float(rank + 1)], requires_grad=True)
+    y = C.differentiable_all_reduce_sum(x * (rank + 1), g)
+    y.sum().backward()
+    return v, x.grad
+
+def test_world():
+    out = run_world(_w, 3)
+    for v, g in out:
+        assert v.tolist() == [0, 0, 1, 0, 1, 2]
+    assert [g.item() for _, g in out] == [3.0 * 1, 3.0 * 2, 3.0 * 3]
