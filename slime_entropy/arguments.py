@@ -130,11 +130,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="Dual-clip PPO lower bound c > 1 for negative advantages (DAPO scripts use 10). slime's --eps-clip-c, "
         "where slime defines it, is honoured too.",
     )
-    group.add_argument("--clip-cov-ratio", type=float, default=None, help="clip_cov: fraction of tokens whose gradient is detached (default 2e-4).")
-    group.add_argument("--clip-cov-lb", type=float, default=None, help="clip_cov: covariance lower bound (default 1.0).")
-    group.add_argument("--clip-cov-ub", type=float, default=None, help="clip_cov: covariance upper bound (default 5.0).")
-    group.add_argument("--kl-cov-ratio", type=float, default=None, help="kl_cov: fraction of tokens with the KL penalty (default 2e-4).")
-    group.add_argument("--kl-cov-coef", type=float, default=None, help="kl_cov: coefficient of |logp - old| (default 1.0).")
+    group.add_argument(
+        "--clip-cov-ratio",
+        type=float,
+        default=None,
+        help="clip_cov: fraction of tokens whose gradient is detached (default 2e-4).",
+    )
+    group.add_argument(
+        "--clip-cov-lb", type=float, default=None, help="clip_cov: covariance lower bound (default 1.0)."
+    )
+    group.add_argument(
+        "--clip-cov-ub", type=float, default=None, help="clip_cov: covariance upper bound (default 5.0)."
+    )
+    group.add_argument(
+        "--kl-cov-ratio",
+        type=float,
+        default=None,
+        help="kl_cov: fraction of tokens with the KL penalty (default 2e-4).",
+    )
+    group.add_argument(
+        "--kl-cov-coef", type=float, default=None, help="kl_cov: coefficient of |logp - old| (default 1.0)."
+    )
     group.add_argument(
         "--entropy-advantage-alpha",
         type=float,

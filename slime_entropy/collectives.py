@@ -17,6 +17,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
+# torch >= 2.13 renamed all_gather_into_tensor (the old name warns); GPU users may run older torch.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 __all__ = [
     "group_rank",
     "group_size",
@@ -63,7 +66,7 @@ def all_gather_stacked(tensor: torch.Tensor, group: ProcessGroup | None) -> torc
         return tensor.unsqueeze(0)
     tensor = tensor.contiguous()
     out = tensor.new_empty((world * tensor.shape[0], *tensor.shape[1:]) if tensor.dim() else (world,))
-    dist.all_gather_into_tensor(out, tensor if tensor.dim() else tensor.reshape(1), group=group)
+    _all_gather_single(out, tensor if tensor.dim() else tensor.reshape(1), group=group)
     return out.view(world, *tensor.shape)
 
 

@@ -170,7 +170,9 @@ class PolicyLossConfig:
             f"--clip-cov-lb ({self.clip_cov_lb}) must be below --clip-cov-ub ({self.clip_cov_ub})",
         )
         problems.check(0 < self.kl_cov_ratio <= 1, f"--kl-cov-ratio must lie in (0, 1], got {self.kl_cov_ratio}")
-        problems.check(self.advantage_alpha >= 0, f"--entropy-advantage-alpha must be >= 0, got {self.advantage_alpha}")
+        problems.check(
+            self.advantage_alpha >= 0, f"--entropy-advantage-alpha must be >= 0, got {self.advantage_alpha}"
+        )
         problems.check(
             self.advantage_kappa >= 1,
             f"--entropy-advantage-kappa must be >= 1 (smaller values can flip the sign of negative advantages), "
@@ -248,7 +250,7 @@ class LossConfig:
         for dest, given in filter_only.items():
             problems.check(
                 filter_on or not given,
-                f"{_OUR_FLAGS[dest]} has no effect without --high-entropy-token-filter: add the switch or drop the flag",
+                f"{_OUR_FLAGS[dest]} has no effect without --high-entropy-token-filter: add the switch or drop it",
             )
         problems.check(
             not (args.entropy_filter_mask_kl_loss and not args.use_kl_loss),
@@ -304,7 +306,12 @@ class LossConfig:
             enabled=filter_on,
             **_given(
                 args,
-                ("entropy_percentile", "entropy_threshold_scope", "entropy_filter_denominator", "entropy_selection_method"),
+                (
+                    "entropy_percentile",
+                    "entropy_threshold_scope",
+                    "entropy_filter_denominator",
+                    "entropy_selection_method",
+                ),
                 rename={
                     "entropy_percentile": "keep_fraction",
                     "entropy_threshold_scope": "threshold_scope",
@@ -364,6 +371,8 @@ def _log_once(config: LossConfig) -> None:
     parts = []
     for section in (config.policy, config.entropy_filter, config.kernel):
         parts.append(
-            f"{type(section).__name__}(" + ", ".join(f"{f.name}={getattr(section, f.name)!r}" for f in fields(section)) + ")"
+            f"{type(section).__name__}("
+            + ", ".join(f"{f.name}={getattr(section, f.name)!r}" for f in fields(section))
+            + ")"
         )
     logger.info("slime_entropy resolved loss configuration: %s", "; ".join(parts))

@@ -31,9 +31,7 @@ def _entry(rank, world_size, port, fn, args, results, threads):
     torch.set_num_threads(threads)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     try:
-        dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-        )
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
         out = fn(rank, world_size, *args)
         # serialise by value: torch's multiprocessing reductions would share tensor storage with a process that
         # is about to exit

@@ -1,7 +1,9 @@
 import torch
-from tests.distributed import run_world
-from slime_entropy import collectives as C
 import torch.distributed as dist
+
+from slime_entropy import collectives as C
+from tests.distributed import run_world
+
 
 def _w(rank, ws):
     g = dist.new_group(list(range(ws)))
@@ -12,8 +14,9 @@ def _w(rank, ws):
     y.sum().backward()
     return v, x.grad
 
+
 def test_world():
     out = run_world(_w, 3)
-    for v, g in out:
+    for v, _ in out:
         assert v.tolist() == [0, 0, 1, 0, 1, 2]
     assert [g.item() for _, g in out] == [3.0 * 1, 3.0 * 2, 3.0 * 3]

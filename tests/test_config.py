@@ -19,9 +19,11 @@ def parse(argv: str):
 
 
 def test_seed_example_flags_resolve():
-    args = parse("--high-entropy-token-filter --entropy-percentile 0.2 --eps-clip 0.2 --eps-clip-high 0.28 "
-                 "--use-kl-loss --kl-loss-coef 0.00 --kl-loss-type low_var_kl --entropy-coef 0.00 "
-                 "--rollout-temperature 0.8")
+    args = parse(
+        "--high-entropy-token-filter --entropy-percentile 0.2 --eps-clip 0.2 --eps-clip-high 0.28 "
+        "--use-kl-loss --kl-loss-coef 0.00 --kl-loss-type low_var_kl --entropy-coef 0.00 "
+        "--rollout-temperature 0.8"
+    )
     config = LossConfig.from_args(args)
     assert config.entropy_filter == EntropyFilterConfig(enabled=True, keep_fraction=0.2)
     assert config.policy.eps_clip_high == 0.28 and config.policy.temperature == 0.8
@@ -45,12 +47,17 @@ def test_percentile_outside_unit_interval_is_rejected_at_parse_time(value, capsy
 
 
 def test_percentile_one_is_allowed():
-    assert LossConfig.from_args(parse("--high-entropy-token-filter --entropy-percentile 1")).entropy_filter.keep_fraction == 1.0
+    assert (
+        LossConfig.from_args(parse("--high-entropy-token-filter --entropy-percentile 1")).entropy_filter.keep_fraction
+        == 1.0
+    )
 
 
 def test_filter_options_without_the_switch_are_errors_not_silent_no_ops():
     with pytest.raises(ValueError) as err:
-        LossConfig.from_args(parse("--entropy-percentile 0.1 --entropy-threshold-scope local --entropy-filter-denominator all"))
+        LossConfig.from_args(
+            parse("--entropy-percentile 0.1 --entropy-threshold-scope local --entropy-filter-denominator all")
+        )
     message = str(err.value)
     for flag in ("--entropy-percentile", "--entropy-threshold-scope", "--entropy-filter-denominator"):
         assert flag in message
@@ -59,11 +66,19 @@ def test_filter_options_without_the_switch_are_errors_not_silent_no_ops():
 
 def test_all_problems_reported_at_once():
     with pytest.raises(ValueError) as err:
-        LossConfig.from_args(parse("--high-entropy-token-filter --entropy-filter-mask-kl-loss --clip-cov-ratio 0.1 "
-                                   "--entropy-advantage-kappa 3 --policy-loss-mode ppo --advantage-estimator gspo"))
+        LossConfig.from_args(
+            parse(
+                "--high-entropy-token-filter --entropy-filter-mask-kl-loss --clip-cov-ratio 0.1 "
+                "--entropy-advantage-kappa 3 --policy-loss-mode ppo --advantage-estimator gspo"
+            )
+        )
     message = str(err.value)
-    for fragment in ("--entropy-filter-mask-kl-loss needs --use-kl-loss", "--clip-cov-ratio", "--entropy-advantage-kappa",
-                     "contradicts --advantage-estimator gspo"):
+    for fragment in (
+        "--entropy-filter-mask-kl-loss needs --use-kl-loss",
+        "--clip-cov-ratio",
+        "--entropy-advantage-kappa",
+        "contradicts --advantage-estimator gspo",
+    ):
         assert fragment in message
 
 

@@ -33,7 +33,13 @@ from .filter_metrics import population_metrics
 from .layout import ResponseLayout
 from .reducer import Reducer, sample_mean_reducer
 
-__all__ = ["PolicyLossResult", "compute_policy_loss", "slime_reducer", "metric_weight", "compute_log_probs_and_entropy"]
+__all__ = [
+    "PolicyLossResult",
+    "compute_policy_loss",
+    "slime_reducer",
+    "metric_weight",
+    "compute_log_probs_and_entropy",
+]
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,7 @@ def _check_batch(batch: Mapping, config: LossConfig) -> None:
     if missing:
         why = {"ref_log_probs": " (needed by --use-kl-loss)", "rollout_log_probs": " (needed by --use-tis)"}
         raise KeyError(
-            "micro-batch lacks " + ", ".join(f"'{k}'{why.get(k, '')}" for k in missing)
-            + f"; it has {sorted(batch)}"
+            "micro-batch lacks " + ", ".join(f"'{k}'{why.get(k, '')}" for k in missing) + f"; it has {sorted(batch)}"
         )
 
 
@@ -142,7 +147,9 @@ def _split_sums(values_tok: torch.Tensor, lengths: list[int]) -> torch.Tensor:
 
 def _expand(per_sample: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     """[N] tensor repeating per_sample[i] over sample i's local tokens."""
-    return torch.repeat_interleave(per_sample, torch.tensor(lengths, device=per_sample.device), output_size=sum(lengths))
+    return torch.repeat_interleave(
+        per_sample, torch.tensor(lengths, device=per_sample.device), output_size=sum(lengths)
+    )
 
 
 def _clip_cov_generator(batch: Mapping) -> torch.Generator:
@@ -185,7 +192,9 @@ def compute_policy_loss(
 
     local_masks = layout.local_masks(batch["loss_masks"])
     mask_dtype = local_masks[0].dtype if local_masks else torch.int64
-    valid_tok = (torch.cat(local_masks).to(device) > 0) if local_masks else torch.zeros(0, dtype=torch.bool, device=device)
+    valid_tok = (
+        (torch.cat(local_masks).to(device) > 0) if local_masks else torch.zeros(0, dtype=torch.bool, device=device)
+    )
     advantages = _cat(batch["advantages"], "advantages", num_local, device).float()
     old_log_probs = _cat(batch["log_probs"], "log_probs", num_local, device).float()
     entropy_data = entropy.detach()
@@ -200,7 +209,9 @@ def compute_policy_loss(
 
         def describe() -> str:
             bad = [
-                i for i, part in enumerate(entropy_data.split(lengths)) if part.numel() and not torch.isfinite(part).all()
+                i
+                for i, part in enumerate(entropy_data.split(lengths))
+                if part.numel() and not torch.isfinite(part).all()
             ]
             return (
                 f"micro-batch of {len(lengths)} samples (total_lengths={list(batch['total_lengths'])}, "
@@ -259,7 +270,11 @@ def compute_policy_loss(
         kept_reducer = base
         all_token_scale = None
         weights_local_masks = local_masks
-        weights_full = torch.stack([m.sum() for m in batch["loss_masks"]]).to(device, torch.float64) if lengths else torch.zeros(0, dtype=torch.float64, device=device)
+        weights_full = (
+            torch.stack([m.sum() for m in batch["loss_masks"]]).to(device, torch.float64)
+            if lengths
+            else torch.zeros(0, dtype=torch.float64, device=device)
+        )
 
     def reduce_all(x: torch.Tensor) -> torch.Tensor:
         value = base(x)
@@ -279,12 +294,16 @@ def compute_policy_loss(
         )
         seq_kl = numerator / weights_full.to(numerator.dtype).clamp_min(1)
         ppo_kl = _expand(seq_kl, lengths)
-        pg_tok, clipfrac_tok = policy.clipped_surrogate(ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c)
+        pg_tok, clipfrac_tok = policy.clipped_surrogate(
+            ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c
+        )
     elif pol.mode == "gmpo":
         log_ratio_tok, clipfrac_tok = policy.gmpo_clipped_log_ratio(
             log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high
         )
-        sums = torch.stack([_split_sums(log_ratio_tok * weight_tok, lengths), _split_sums(advantages * weight_tok, lengths)], dim=-1)
+        sums = torch.stack(
+            [_split_sums(log_ratio_tok * weight_tok, lengths), _split_sums(advantages * weight_tok, lengths)], dim=-1
+        )
         sums = collectives.differentiable_all_reduce_sum(sums, groups.cp)
         denominators = weights_full.to(sums.dtype).clamp_min(1)
         seq_loss = -(sums[:, 1] / denominators) * torch.exp(sums[:, 0] / denominators)
@@ -294,16 +313,27 @@ def compute_policy_loss(
         ppo_kl = old_log_probs - log_probs
         population = weight_tok > 0
         if pol.mode == "ppo":
-            pg_tok, clipfrac_tok = policy.clipped_surrogate(ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c)
+            pg_tok, clipfrac_tok = policy.clipped_surrogate(
+                ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c
+            )
         elif pol.mode == "gpg":
             pg_tok, clipfrac_tok = policy.gpg_surrogate(log_probs, advantages)
         elif pol.mode == "cispo":
-            pg_tok, clipfrac_tok = policy.cispo_surrogate(log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high)
+            pg_tok, clipfrac_tok = policy.cispo_surrogate(
+                log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high
+            )
         elif pol.mode == "clip_cov":
             pg_tok, clipfrac_tok = policy.clip_cov_surrogate(
-                log_probs, old_log_probs, advantages, population,
-                eps_clip=pol.eps_clip, eps_clip_high=pol.eps_clip_high, ratio=pol.clip_cov_ratio,
-                lower_bound=pol.clip_cov_lb, upper_bound=pol.clip_cov_ub, generator=_clip_cov_generator(batch),
+                log_probs,
+                old_log_probs,
+                advantages,
+                population,
+                eps_clip=pol.eps_clip,
+                eps_clip_high=pol.eps_clip_high,
+                ratio=pol.clip_cov_ratio,
+                lower_bound=pol.clip_cov_lb,
+                upper_bound=pol.clip_cov_ub,
+                generator=_clip_cov_generator(batch),
             )
         elif pol.mode == "kl_cov":
             pg_tok, clipfrac_tok = policy.kl_cov_surrogate(
@@ -314,7 +344,9 @@ def compute_policy_loss(
 
     if pol.use_tis:
         rollout_log_probs = _cat(batch["rollout_log_probs"], "rollout_log_probs", num_local, device).float()
-        tis_w, tis_ratio, tis_clipfrac = policy.tis_weights(old_log_probs, rollout_log_probs, pol.tis_clip_low, pol.tis_clip)
+        tis_w, tis_ratio, tis_clipfrac = policy.tis_weights(
+            old_log_probs, rollout_log_probs, pol.tis_clip_low, pol.tis_clip
+        )
         pg_tok = pg_tok * tis_w
 
     pg_loss = kept_reducer(pg_tok)

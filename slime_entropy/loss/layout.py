@@ -24,7 +24,9 @@ __all__ = ["zigzag_token_ranges", "ResponseLayout"]
 Range = tuple[int, int]
 
 
-def zigzag_token_ranges(total_length: int, response_length: int, cp_rank: int, cp_size: int) -> tuple[int, tuple[Range, Range], tuple[Range, Range]]:
+def zigzag_token_ranges(
+    total_length: int, response_length: int, cp_rank: int, cp_size: int
+) -> tuple[int, tuple[Range, Range], tuple[Range, Range]]:
     """Token ranges a CP rank scores for one sample.
 
     Returns ``(chunk_size, chunk_starts, token_ranges)``: the chunk length c, the first sequence position of
@@ -86,9 +88,13 @@ class ResponseLayout:
         local_lengths: list[int] = []
         response_slices: list[tuple[Range, ...]] = []
         offset = 0  # first row of the current sample in the local stream
-        for i, (tokens, total, response) in enumerate(zip(unconcat_tokens, total_lengths, response_lengths, strict=True)):
+        for i, (tokens, total, response) in enumerate(
+            zip(unconcat_tokens, total_lengths, response_lengths, strict=True)
+        ):
             if tokens.numel() != total:
-                raise ValueError(f"sample {i}: unconcat_tokens has {tokens.numel()} tokens but total_lengths says {total}")
+                raise ValueError(
+                    f"sample {i}: unconcat_tokens has {tokens.numel()} tokens but total_lengths says {total}"
+                )
             prompt = total - response
             if cp_size == 1:
                 if not 0 <= response < total:

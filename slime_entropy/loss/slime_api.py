@@ -93,7 +93,9 @@ def loss_function(args: argparse.Namespace, batch: Mapping, num_microbatches: in
         loss = loss * groups.cp_size
     else:
         loss = loss * num_microbatches / args.global_batch_size * groups.dp_cp_size
-    values = torch.stack([weight.to(logits.device, torch.float32)] + [v.to(logits.device, torch.float32) for v in metrics.values()])
+    values = torch.stack(
+        [weight.to(logits.device, torch.float32)] + [v.to(logits.device, torch.float32) for v in metrics.values()]
+    )
     return (
         loss,
         num_tokens.to(logits.device) if per_token else 1,

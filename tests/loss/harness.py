@@ -109,8 +109,19 @@ def build_rank_input(samples, sample_ids, tp_rank, tp_size, cp_rank, cp_size, se
     cols = slice(tp_rank * shard, (tp_rank + 1) * shard)
     g = torch.Generator().manual_seed(1000 + seed)
     rows_out, row_map = [], []
-    batch = {k: [] for k in ("unconcat_tokens", "total_lengths", "response_lengths", "loss_masks", "advantages",
-                             "log_probs", "ref_log_probs", "rollout_log_probs")}
+    batch = {
+        k: []
+        for k in (
+            "unconcat_tokens",
+            "total_lengths",
+            "response_lengths",
+            "loss_masks",
+            "advantages",
+            "log_probs",
+            "ref_log_probs",
+            "rollout_log_probs",
+        )
+    }
     for i in sample_ids:
         s = samples[i]
         positions, response_idx, _ = local_positions(s, cp_rank, cp_size)
@@ -181,5 +192,5 @@ def run_rank(args, samples, schedule, layout, *, scatter_grads=True):
     dist.all_reduce(values, group=dp_cp_group)
     keys = records[0][2]["keys"]
     assert all(r[2]["keys"] == keys for r in records)
-    reported = {k: float(v) * layout["cp_size"] / float(values[0]) for k, v in zip(keys, values[1:])}
+    reported = {k: float(v) * layout["cp_size"] / float(values[0]) for k, v in zip(keys, values[1:], strict=False)}
     return {"loss": effective_loss, "grads": grads, "reported": reported, "keys": keys}

@@ -80,7 +80,7 @@ def reference_step(
     pol, filt = config.policy, config.entropy_filter
     leaves = [s.logits.clone().requires_grad_(True) for s in samples]
     logps, ents = [], []
-    for s, leaf in zip(samples, leaves):
+    for s, leaf in zip(samples, leaves, strict=False):
         logp, ent = logprob_entropy(s, leaf, pol.temperature, config.kernel.vocab_size)
         logps.append(logp)
         ents.append(ent if pol.entropy_coef != 0 else ent.detach())
@@ -202,7 +202,7 @@ def reference_step(
             # kept/valid, so it is that population's valid-token mean (weighted by kept counts across populations)
             pg_count = max(sum(int(k.sum()) for k in kept), 1)
             scale = {}
-            for pop, fig in zip(populations, figures):
+            for pop, fig in zip(populations, figures, strict=False):
                 for i in pop:
                     scale[i] = fig["k"] / max(fig["n"], 1)
 

@@ -31,7 +31,8 @@ def test_zigzag_ranges_match_brute_force(cp_size):
 def test_layout_rows_and_targets_cp1():
     tokens = [torch.tensor([5, 6, 7, 8]), torch.tensor([1, 2, 3])]
     layout = ResponseLayout.build(tokens, [4, 3], [2, 1])
-    # sample 0 occupies rows 0..3, its response tokens 7, 8 are scored by rows 1, 2; sample 1 rows 4..6, token 3 by row 5
+    # sample 0 occupies rows 0..3: its response tokens 7, 8 are scored by rows 1, 2;
+    # sample 1 occupies rows 4..6: its response token 3 is scored by row 5
     assert layout.rows.tolist() == [1, 2, 5]
     assert layout.targets.tolist() == [7, 8, 3]
     assert layout.local_lengths == [2, 1]
@@ -45,7 +46,9 @@ def test_layout_rows_cp2_follow_local_stream():
     for rank in range(2):
         layout = ResponseLayout.build(tokens, [total], [response], cp_rank=rank, cp_size=2)
         chunk = 3  # ceil(9 / 4)
-        local_rows = list(range(rank * chunk, (rank + 1) * chunk)) + list(range((3 - rank) * chunk, (4 - rank) * chunk))
+        local_rows = list(range(rank * chunk, (rank + 1) * chunk)) + list(
+            range((3 - rank) * chunk, (4 - rank) * chunk)
+        )
         expected_tokens = brute_force_local_tokens(total, response, rank, 2)
         # the row scoring token t is sequence position t - 1, found at its index in the local stream
         assert layout.rows.tolist() == [local_rows.index(t - 1) for t in expected_tokens]

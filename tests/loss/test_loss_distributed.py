@@ -20,20 +20,40 @@ COMMON = "--rollout-temperature 0.8 --eps-clip 0.2 --eps-clip-high 0.28 --logpro
 
 CASES = [
     dict(name="ppo+filter", cli="--high-entropy-token-filter --entropy-percentile 0.2"),
-    dict(name="filter off, kl+entropy+tis", cli="--use-kl-loss --kl-loss-coef 0.1 --kl-loss-type low_var_kl "
-         "--entropy-coef 0.01 --use-tis --tis-clip 1.5 --tis-clip-low 0.5"),
+    dict(
+        name="filter off, kl+entropy+tis",
+        cli="--use-kl-loss --kl-loss-coef 0.1 --kl-loss-type low_var_kl "
+        "--entropy-coef 0.01 --use-tis --tis-clip 1.5 --tis-clip-low 0.5",
+    ),
     dict(name="gspo+filter", cli="--high-entropy-token-filter --entropy-percentile 0.3 --advantage-estimator gspo"),
-    dict(name="denominator all, masked entropy+kl", cli="--high-entropy-token-filter --entropy-percentile 0.25 "
-         "--entropy-filter-denominator all --entropy-coef 0.02 --entropy-filter-mask-entropy-loss --use-kl-loss "
-         "--kl-loss-coef 0.05 --kl-loss-type k3 --entropy-filter-mask-kl-loss"),
-    dict(name="per-token kept", cli="--high-entropy-token-filter --entropy-percentile 0.2 --calculate-per-token-loss "
-         "--entropy-coef 0.01 --use-kl-loss --kl-loss-coef 0.1 --kl-loss-type k2"),
-    dict(name="local scope + gmpo", cli="--high-entropy-token-filter --entropy-percentile 0.4 "
-         "--entropy-threshold-scope local --policy-loss-mode gmpo"),
-    dict(name="cispo + shaping", cli="--high-entropy-token-filter --entropy-percentile 0.2 --policy-loss-mode cispo "
-         "--entropy-advantage-alpha 0.4 --entropy-advantage-kappa 2", per_token_advantages=True),
-    dict(name="dual clip + allgather + padded vocab", cli="--high-entropy-token-filter --entropy-percentile 0.5 "
-         "--dual-clip-c 3 --entropy-selection-method allgather", padded_columns=4),
+    dict(
+        name="denominator all, masked entropy+kl",
+        cli="--high-entropy-token-filter --entropy-percentile 0.25 "
+        "--entropy-filter-denominator all --entropy-coef 0.02 --entropy-filter-mask-entropy-loss --use-kl-loss "
+        "--kl-loss-coef 0.05 --kl-loss-type k3 --entropy-filter-mask-kl-loss",
+    ),
+    dict(
+        name="per-token kept",
+        cli="--high-entropy-token-filter --entropy-percentile 0.2 --calculate-per-token-loss "
+        "--entropy-coef 0.01 --use-kl-loss --kl-loss-coef 0.1 --kl-loss-type k2",
+    ),
+    dict(
+        name="local scope + gmpo",
+        cli="--high-entropy-token-filter --entropy-percentile 0.4 "
+        "--entropy-threshold-scope local --policy-loss-mode gmpo",
+    ),
+    dict(
+        name="cispo + shaping",
+        cli="--high-entropy-token-filter --entropy-percentile 0.2 --policy-loss-mode cispo "
+        "--entropy-advantage-alpha 0.4 --entropy-advantage-kappa 2",
+        per_token_advantages=True,
+    ),
+    dict(
+        name="dual clip + allgather + padded vocab",
+        cli="--high-entropy-token-filter --entropy-percentile 0.5 "
+        "--dual-clip-c 3 --entropy-selection-method allgather",
+        padded_columns=4,
+    ),
     dict(name="gpg + entropy grad", cli="--high-entropy-token-filter --policy-loss-mode gpg --entropy-coef 0.05"),
 ]
 
@@ -41,13 +61,18 @@ CASES = [
 def _case_inputs(case, num_dp, mbs_per_rank, samples_per_mb, seed):
     num_samples = num_dp * mbs_per_rank * samples_per_mb
     samples = make_samples(
-        seed, num_samples, VOCAB,
+        seed,
+        num_samples,
+        VOCAB,
         per_token_advantages=case.get("per_token_advantages", False),
         padded_columns=case.get("padded_columns", 0),
     )
     ids = list(range(num_samples))
     schedule = [
-        [ids[(d * mbs_per_rank + m) * samples_per_mb : (d * mbs_per_rank + m + 1) * samples_per_mb] for m in range(mbs_per_rank)]
+        [
+            ids[(d * mbs_per_rank + m) * samples_per_mb : (d * mbs_per_rank + m + 1) * samples_per_mb]
+            for m in range(mbs_per_rank)
+        ]
         for d in range(num_dp)
     ]
     vocab_size = VOCAB - case["padded_columns"] if case.get("padded_columns") else None
@@ -87,7 +112,7 @@ def _populations(schedule, scope):
 def _expected_filter_metrics(ref, samples, populations, config):
     """The figures slime's reduction should report: per-population values averaged with slime's weights."""
     weights = []
-    for pop, fig in zip(populations, ref["figures"]):
+    for pop, fig in zip(populations, ref["figures"], strict=False):
         if config.policy.per_token_loss and config.entropy_filter.denominator == "kept":
             weights.append(fig["k"])
         elif config.policy.per_token_loss:
@@ -95,7 +120,7 @@ def _expected_filter_metrics(ref, samples, populations, config):
         else:
             weights.append(len(pop))
     total = sum(weights)
-    avg = lambda key: sum(f[key] * w for f, w in zip(ref["figures"], weights)) / total  # noqa: E731
+    avg = lambda key: sum(f[key] * w for f, w in zip(ref["figures"], weights, strict=False)) / total  # noqa: E731
     return {
         "entropy_token_ratio": avg("ratio"),
         "entropy_threshold": avg("tau"),
@@ -124,13 +149,16 @@ def _check_world(tp, cp, dp, mbs_per_rank=2, samples_per_mb=3):
             cols = slice(layout["tp_rank"] * shard, (layout["tp_rank"] + 1) * shard)
             for (s, pos), grad in out[i]["grads"].items():
                 expected = ref["grads"][s][pos, cols].float()
-                torch.testing.assert_close(grad, expected, rtol=1e-4, atol=2e-7, msg=lambda m: f"{label} sample {s} pos {pos}: {m}")
+                where = f"{label} sample {s} pos {pos}"
+                torch.testing.assert_close(
+                    grad, expected, rtol=1e-4, atol=2e-7, msg=lambda m, where=where: f"{where}: {m}"
+                )
                 checked += 1
         assert checked == sum(s.total_len for s in samples) * tp, label
 
         # metrics after slime's reduction, identical on every rank
         reported = results[0][1][i]["reported"]
-        for layout, out in results:
+        for _, out in results:
             assert out[i]["reported"] == pytest.approx(reported, rel=1e-6, abs=1e-7), label
         for key in ("pg_loss", "entropy_loss", "pg_clipfrac", "ppo_kl"):
             assert reported[key] == pytest.approx(ref["reported"][key], rel=1e-4, abs=1e-6), f"{label} {key}"

@@ -121,7 +121,15 @@ def test_clip_cov_detaches_the_prescribed_number_of_eligible_tokens():
     adv = torch.randn(n, generator=g, dtype=torch.float64) * 3
     population = torch.rand(n, generator=g) > 0.3
     loss, clipfrac = policy.clip_cov_surrogate(
-        logp, old, adv, population, eps_clip=0.2, eps_clip_high=0.2, ratio=2e-3, lower_bound=1.0, upper_bound=5.0,
+        logp,
+        old,
+        adv,
+        population,
+        eps_clip=0.2,
+        eps_clip_high=0.2,
+        ratio=2e-3,
+        lower_bound=1.0,
+        upper_bound=5.0,
         generator=torch.Generator().manual_seed(0),
     )
     num_population = int(population.sum())
@@ -135,7 +143,15 @@ def test_clip_cov_detaches_the_prescribed_number_of_eligible_tokens():
     assert torch.allclose(loss[~chosen], -adv[~chosen])  # ratio 1
     # same generator seed, same choice (tensor-parallel ranks and recomputation agree)
     _, again = policy.clip_cov_surrogate(
-        logp, old, adv, population, eps_clip=0.2, eps_clip_high=0.2, ratio=2e-3, lower_bound=1.0, upper_bound=5.0,
+        logp,
+        old,
+        adv,
+        population,
+        eps_clip=0.2,
+        eps_clip_high=0.2,
+        ratio=2e-3,
+        lower_bound=1.0,
+        upper_bound=5.0,
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.equal(again, clipfrac)

@@ -21,7 +21,7 @@ def run(cli, samples, *, loss_fn=loss_function):
     rank_input = build_rank_input(samples, list(range(len(samples))), 0, 1, 0, 1)
     loss, num_tokens, record = loss_fn(args, rank_input.batch, 1, rank_input.logits)
     loss.backward()
-    metrics = dict(zip(record["keys"], (record["values"][1:] / record["values"][0]).tolist()))
+    metrics = dict(zip(record["keys"], (record["values"][1:] / record["values"][0]).tolist(), strict=False))
     return loss, rank_input, metrics, args
 
 
@@ -59,7 +59,7 @@ def test_filter_is_not_silently_ignored():
     samples = make_samples(3, 8, VOCAB, duplicate_rows=False)
     # on-policy (ratio 1): no token loses its gradient to PPO clipping, only to the filter
     on_policy = reference_step(samples, LossConfig.from_args(make_args(BASE, global_batch_size=8)), [])
-    for sample, log_probs in zip(samples, on_policy["log_probs"]):
+    for sample, log_probs in zip(samples, on_policy["log_probs"], strict=False):
         sample.old_log_probs = log_probs.float()
     _, off, off_metrics, _ = run("", samples)
     _, on, on_metrics, args = run("--high-entropy-token-filter --entropy-percentile 0.2", samples)
@@ -82,8 +82,16 @@ def test_filter_is_not_silently_ignored():
     assert "entropy_token_ratio" not in off_metrics
 
 
-@pytest.mark.parametrize("cli", ["", "--advantage-estimator gspo", "--calculate-per-token-loss",
-                                 "--policy-loss-mode gmpo", "--use-kl-loss --kl-loss-coef 0.1 --entropy-coef 0.02"])
+@pytest.mark.parametrize(
+    "cli",
+    [
+        "",
+        "--advantage-estimator gspo",
+        "--calculate-per-token-loss",
+        "--policy-loss-mode gmpo",
+        "--use-kl-loss --kl-loss-coef 0.1 --entropy-coef 0.02",
+    ],
+)
 def test_rho_one_reproduces_the_unfiltered_loss_bit_for_bit(cli):
     samples = make_samples(5, 5, VOCAB)
     loss_off, off, _, _ = run(cli, samples)
@@ -136,7 +144,9 @@ def test_nan_logits_raise_a_clear_error_naming_the_micro_batch():
     rank_input = build_rank_input(samples, [0, 1, 2], 0, 1, 0, 1)
     with torch.no_grad():
         rank_input.logits[0, samples[0].prompt_len - 1, 3] = float("nan")
-    with pytest.raises(ValueError, match=r"(?s)non-finite.*total_lengths=\[.*samples with non-finite entropy here: \[0\]"):
+    with pytest.raises(
+        ValueError, match=r"(?s)non-finite.*total_lengths=\[.*samples with non-finite entropy here: \[0\]"
+    ):
         loss_function(args, rank_input.batch, 1, rank_input.logits)
 
 
@@ -147,8 +157,12 @@ def test_get_log_probs_and_entropy_matches_the_reference():
     batch = rank_input.batch
     with torch.no_grad():
         out = get_log_probs_and_entropy(
-            rank_input.logits, args=args, unconcat_tokens=batch["unconcat_tokens"],
-            total_lengths=batch["total_lengths"], response_lengths=batch["response_lengths"], with_entropy=True,
+            rank_input.logits,
+            args=args,
+            unconcat_tokens=batch["unconcat_tokens"],
+            total_lengths=batch["total_lengths"],
+            response_lengths=batch["response_lengths"],
+            with_entropy=True,
         )
     ref = reference_step(samples, LossConfig.from_args(args), [[0, 1, 2, 3]])
     for i in range(4):
