@@ -1,0 +1,1 @@
+"""Kernels with communication: fused vocab-parallel log-prob + entropy, and exact distributed top-rho selection."""
