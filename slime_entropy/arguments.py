@@ -23,7 +23,7 @@ __all__ = ["add_arguments", "add_slime_loss_arguments", "DEFAULT_ENTROPY_PERCENT
 
 DEFAULT_ENTROPY_PERCENTILE = 0.2
 POLICY_LOSS_MODES = ("auto", "ppo", "gspo", "gpg", "clip_cov", "kl_cov", "gmpo", "cispo")
-THRESHOLD_SCOPES = ("dp", "local")
+THRESHOLD_SCOPES = ("dp", "local", "step")
 DENOMINATORS = ("kept", "all")
 SELECTION_METHODS = ("radix", "allgather")
 LOGPROB_ENTROPY_BACKENDS = ("auto", "eager", "compiled", "triton")
@@ -82,9 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--entropy-threshold-scope",
         choices=THRESHOLD_SCOPES,
         default=None,
-        help="Population the threshold is taken over, per micro-batch: 'dp' (default) = the valid tokens of all "
+        help="Population the threshold is taken over: 'dp' (default) = this micro-batch's valid tokens on all "
         "data- and context-parallel ranks; 'local' = this data-parallel rank's micro-batch only (context-parallel "
-        "ranks of one replica still agree), as in the paper's code.",
+        "ranks of one replica still agree), as in the paper's code; 'step' = the whole global batch, from the "
+        "old-policy entropies, computed once per optimizer step by slime_entropy's trainer (one threshold per batch, "
+        "independent of micro-batching and layout; not available through slime's custom-loss hook).",
     )
     group.add_argument(
         "--entropy-filter-denominator",

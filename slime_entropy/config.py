@@ -78,7 +78,8 @@ class EntropyFilterConfig:
         enabled: apply the policy gradient only to kept tokens.
         keep_fraction: rho in (0, 1]: the fraction of the population kept (k = ceil(rho*N), ties kept).
         threshold_scope: 'dp' = population over all DP x CP ranks of the micro-batch; 'local' = this replica's
-            micro-batch (over its CP ranks only).
+            micro-batch (over its CP ranks only); 'step' = the global batch, with tau precomputed by the trainer
+            from old-policy entropies and handed to the loss in ``batch[STEP_THRESHOLD_KEY]``.
         denominator: 'kept' = per-sample means over kept tokens; 'all' = original denominators.
         mask_entropy_loss / mask_kl_loss: also restrict those terms to kept tokens.
         selection_method: 'radix' (histogram select) or 'allgather' (baseline).
@@ -86,7 +87,7 @@ class EntropyFilterConfig:
 
     enabled: bool = False
     keep_fraction: float = DEFAULT_ENTROPY_PERCENTILE
-    threshold_scope: Literal["dp", "local"] = "dp"
+    threshold_scope: Literal["dp", "local", "step"] = "dp"
     denominator: Literal["kept", "all"] = "kept"
     mask_entropy_loss: bool = False
     mask_kl_loss: bool = False
@@ -98,7 +99,9 @@ class EntropyFilterConfig:
             0.0 < self.keep_fraction <= 1.0,
             f"--entropy-percentile must lie in (0, 1] (fraction of tokens kept), got {self.keep_fraction}",
         )
-        problems.check(self.threshold_scope in ("dp", "local"), f"--entropy-threshold-scope: {self.threshold_scope!r}")
+        problems.check(
+            self.threshold_scope in ("dp", "local", "step"), f"--entropy-threshold-scope: {self.threshold_scope!r}"
+        )
         problems.check(self.denominator in ("kept", "all"), f"--entropy-filter-denominator: {self.denominator!r}")
         problems.check(
             self.selection_method in ("radix", "allgather"), f"--entropy-selection-method: {self.selection_method!r}"

@@ -5,7 +5,7 @@ Public entry points (slime v0.1.0 signatures): ``policy_loss_function``, ``loss_
 groups, for callers outside Megatron.
 """
 
-from .compute import PolicyLossResult, compute_policy_loss
+from .compute import STEP_THRESHOLD_KEY, PolicyLossResult, compute_policy_loss
 from .slime_api import get_log_probs_and_entropy, loss_function, policy_loss_function
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "get_log_probs_and_entropy",
     "compute_policy_loss",
     "PolicyLossResult",
+    "STEP_THRESHOLD_KEY",
 ]

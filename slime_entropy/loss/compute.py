@@ -26,7 +26,7 @@ import torch
 from .. import collectives
 from ..config import LossConfig
 from ..ops.logprob_entropy import vocab_parallel_logprob_entropy
-from ..ops.selection import select_top_fraction
+from ..ops.selection import TopFractionSelection, select_top_fraction
 from ..parallel import ParallelGroups
 from . import policy
 from .filter_metrics import population_metrics
@@ -39,7 +39,11 @@ __all__ = [
     "slime_reducer",
     "metric_weight",
     "compute_log_probs_and_entropy",
+    "STEP_THRESHOLD_KEY",
 ]
+
+#: Micro-batch key of the step-scope threshold (0-d float32, identical on every rank), set by the trainer.
+STEP_THRESHOLD_KEY = "entropy_threshold"
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,39 @@ def _clip_cov_generator(batch: Mapping) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
 
+def _step_selection(batch, entropy_data, valid_tok, weight_local, dp_cp_group, describe) -> TopFractionSelection:
+    """The trainer's per-step threshold, with this micro-batch's population figures over DP x CP (one
+    all-reduce of 4 numbers) for the metrics, and the same NaN/Inf guarantee as the selection: every rank raises."""
+    if STEP_THRESHOLD_KEY not in batch:
+        raise ValueError(
+            f"--entropy-threshold-scope step needs the per-step threshold in batch['{STEP_THRESHOLD_KEY}'], which "
+            "slime_entropy's trainer computes from the old-policy entropies of the whole global batch; slime's own "
+            "trainer does not, so use --entropy-threshold-scope dp or local there"
+        )
+    device = entropy_data.device
+    threshold = torch.as_tensor(batch[STEP_THRESHOLD_KEY], device=device, dtype=torch.float32).reshape(())
+    valid_entropy = entropy_data[valid_tok]
+    stats = torch.stack(
+        [
+            torch.tensor(float(valid_entropy.numel()), dtype=torch.float64, device=device),
+            (valid_entropy >= threshold).sum().double(),
+            (~torch.isfinite(valid_entropy)).sum().double(),
+            weight_local.to(device, torch.float64),
+        ]
+    )
+    local_nonfinite = int(stats[2])
+    collectives.all_reduce_sum_(stats, dp_cp_group)
+    if int(stats[2]) > 0:
+        where = describe() if local_nonfinite else "another data/context-parallel rank's micro-batch"
+        raise ValueError(f"non-finite (NaN/Inf) entropy with --entropy-threshold-scope step in {where}")
+    return TopFractionSelection(
+        threshold=threshold,
+        num_population=stats[0].round().to(torch.int64),
+        num_kept=stats[1].round().to(torch.int64),
+        extra_sum=stats[3:4],
+    )
+
+
 def compute_policy_loss(
     config: LossConfig,
     groups: ParallelGroups,
@@ -219,14 +256,17 @@ def compute_policy_loss(
                 f"(check the logits: NaN/Inf usually means diverged training or a bad learning rate)"
             )
 
-        selection = select_top_fraction(
-            entropy_data[valid_tok],
-            filt.keep_fraction,
-            threshold_group,
-            method=filt.selection_method,
-            extra=weight_local.reshape(1).to(device, torch.float64),
-            describe=describe,
-        )
+        if filt.threshold_scope == "step":
+            selection = _step_selection(batch, entropy_data, valid_tok, weight_local, groups.dp_cp, describe)
+        else:
+            selection = select_top_fraction(
+                entropy_data[valid_tok],
+                filt.keep_fraction,
+                threshold_group,
+                method=filt.selection_method,
+                extra=weight_local.reshape(1).to(device, torch.float64),
+                describe=describe,
+            )
         kept_tok = valid_tok & (entropy_data >= selection.threshold)
         kept_local_masks = [part.to(mask_dtype) for part in kept_tok.split(lengths)]
         # full-response kept counts per sample (integers, like slime's mask sums, so rho = 1 is bit-exact)

@@ -149,7 +149,32 @@ def build_rank_input(samples, sample_ids, tp_rank, tp_size, cp_rank, cp_size, se
     return RankInput(batch=batch, logits=logits, row_map=row_map)
 
 
-def run_rank(args, samples, schedule, layout, *, scatter_grads=True):
+def _step_threshold(args, samples, micro_batches, inputs, layout):
+    """What slime_entropy's trainer does for --entropy-threshold-scope step: tau over the valid tokens of the whole
+    global batch from a no-grad entropy pass (the old policy, identical to the current one before the update)."""
+    from slime_entropy.loss import get_log_probs_and_entropy
+    from slime_entropy.ops.selection import select_top_fraction
+
+    values = []
+    for ids, rank_input in zip(micro_batches, inputs, strict=True):
+        batch = rank_input.batch
+        with torch.no_grad():
+            out = get_log_probs_and_entropy(
+                rank_input.logits,
+                args=args,
+                unconcat_tokens=batch["unconcat_tokens"],
+                total_lengths=batch["total_lengths"],
+                response_lengths=batch["response_lengths"],
+                with_entropy=True,
+            )
+        for i, entropy in zip(ids, out["entropy"], strict=True):
+            _, response_idx, _ = local_positions(samples[i], layout["cp_rank"], layout["cp_size"])
+            values.append(entropy[samples[i].loss_mask[response_idx] > 0])
+    selection = select_top_fraction(torch.cat(values), args.entropy_percentile, layout["dp_cp_group"])
+    return selection.threshold
+
+
+def run_rank(args, samples, schedule, layout):
     """Run every micro-batch of this rank and emulate Megatron + slime.
 
     schedule[dp_rank] = list of micro-batches (lists of sample ids); all DP ranks have the same count.
@@ -162,11 +187,16 @@ def run_rank(args, samples, schedule, layout, *, scatter_grads=True):
 
     micro_batches = schedule[layout["dp_rank"]]
     num_mb = len(micro_batches)
+    inputs = [
+        build_rank_input(samples, ids, layout["tp_rank"], layout["tp_size"], layout["cp_rank"], layout["cp_size"], seed=m)
+        for m, ids in enumerate(micro_batches)
+    ]
+    if args.entropy_threshold_scope == "step":
+        step_threshold = _step_threshold(args, samples, micro_batches, inputs, layout)
+        for rank_input in inputs:
+            rank_input.batch["entropy_threshold"] = step_threshold
     records = []
-    for m, ids in enumerate(micro_batches):
-        rank_input = build_rank_input(
-            samples, ids, layout["tp_rank"], layout["tp_size"], layout["cp_rank"], layout["cp_size"], seed=m
-        )
+    for rank_input in inputs:
         loss, num_tokens, record = loss_function(args, rank_input.batch, num_mb, rank_input.logits)
         loss.backward()
         records.append((loss.detach(), num_tokens, record, rank_input))

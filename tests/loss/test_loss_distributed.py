@@ -55,6 +55,7 @@ CASES = [
         padded_columns=4,
     ),
     dict(name="gpg + entropy grad", cli="--high-entropy-token-filter --policy-loss-mode gpg --entropy-coef 0.05"),
+    dict(name="step scope", cli="--high-entropy-token-filter --entropy-percentile 0.25 --entropy-threshold-scope step"),
 ]
 
 
@@ -104,6 +105,8 @@ def _worker(rank, world, tp, cp, mbs_per_rank, samples_per_mb):
 
 def _populations(schedule, scope):
     num_mb = len(schedule[0])
+    if scope == "step":
+        return [[i for rank in schedule for mb in rank for i in mb]]
     if scope == "local":
         return [mb for rank in schedule for mb in rank]
     return [[i for rank in schedule for i in rank[m]] for m in range(num_mb)]
@@ -162,7 +165,10 @@ def _check_world(tp, cp, dp, mbs_per_rank=2, samples_per_mb=3):
             assert out[i]["reported"] == pytest.approx(reported, rel=1e-6, abs=1e-7), label
         for key in ("pg_loss", "entropy_loss", "pg_clipfrac", "ppo_kl"):
             assert reported[key] == pytest.approx(ref["reported"][key], rel=1e-4, abs=1e-6), f"{label} {key}"
-        if config.entropy_filter.enabled:
+        if config.entropy_filter.threshold_scope == "step":
+            # one threshold for the step; the metrics describe each micro-batch's share of it
+            assert reported["entropy_threshold"] == pytest.approx(ref["figures"][0]["tau"], rel=1e-5), label
+        elif config.entropy_filter.enabled:
             expected = _expected_filter_metrics(ref, samples, populations, config)
             for key, value in expected.items():
                 assert reported[key] == pytest.approx(value, rel=1e-4, abs=1e-6), f"{label} {key}"

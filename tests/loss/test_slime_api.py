@@ -170,3 +170,26 @@ def test_get_log_probs_and_entropy_matches_the_reference():
         torch.testing.assert_close(out["entropy"][i].double(), ref["entropy"][i], rtol=0, atol=2e-6)
     # logits are not modified in place (slime v0.1.0 divides them by the temperature in place)
     assert torch.equal(rank_input.logits, build_rank_input(samples, list(range(4)), 0, 1, 0, 1).logits)
+
+
+def test_step_scope_uses_the_trainers_threshold():
+    """With one micro-batch per step, the step threshold (computed by the trainer over the global batch) gives
+    exactly the dp-scope result; without it the loss explains what is missing."""
+    samples = make_samples(13, 6, VOCAB)
+    loss_dp, dp, metrics_dp, args = run("--high-entropy-token-filter --entropy-percentile 0.3", samples)
+    ref = reference_step(samples, LossConfig.from_args(args), [list(range(6))])
+    tau = torch.tensor(ref["figures"][0]["tau"], dtype=torch.float32)
+    step_args = make_args(f"{BASE} --high-entropy-token-filter --entropy-percentile 0.3 --entropy-threshold-scope step",
+                          global_batch_size=6)
+    rank_input = build_rank_input(samples, list(range(6)), 0, 1, 0, 1)
+    with pytest.raises(ValueError, match="batch\\['entropy_threshold'\\]"):
+        loss_function(step_args, rank_input.batch, 1, rank_input.logits)
+    # the kernel's fp32 entropies: take tau from the dp run's reported threshold to match bit for bit
+    rank_input.batch["entropy_threshold"] = torch.tensor(metrics_dp["entropy_threshold"])
+    loss_step, _, record = loss_function(step_args, rank_input.batch, 1, rank_input.logits)
+    loss_step.backward()
+    metrics_step = dict(zip(record["keys"], (record["values"][1:] / record["values"][0]).tolist(), strict=True))
+    assert torch.equal(loss_step.detach(), loss_dp.detach())
+    assert torch.equal(rank_input.logits.grad, dp.logits.grad)
+    assert metrics_step == pytest.approx(metrics_dp)
+    assert float(tau) == pytest.approx(metrics_dp["entropy_threshold"], rel=1e-5)
