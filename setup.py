@@ -7,7 +7,19 @@ version = {}
 exec((ROOT / "slime_entropy" / "_version.py").read_text(), version)
 
 # megatron-core's dist-checkpointing uses psutil without declaring it (saves hang without it).
-MEGATRON = ["megatron-core>=0.13", "psutil"]
+MEGATRON = ["megatron-core>=0.13", "psutil", "safetensors"]
+# The rollout side: the built-in engine (FastAPI/uvicorn serving a transformers model), the HTTP client, grading.
+ROLLOUT = [
+    "transformers>=4.51",
+    "tokenizers",
+    "safetensors",
+    "fastapi",
+    "uvicorn[standard]",
+    "aiohttp",
+    "orjson>=3.8",
+    "math-verify[antlr4_13_2]>=0.7",
+    "tqdm",
+]
 
 setup(
     name="slime-entropy",
@@ -21,11 +33,18 @@ setup(
     # own CUDA build on GPU machines.
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        # CPU machines: the real Megatron stack minus the CUDA-only parts.
-        "cpu": MEGATRON,
-        # GPU clusters: add CUDA torch yourself; transformer-engine needs a CUDA toolkit to build.
-        "gpu": MEGATRON + ["triton", "transformer-engine[pytorch]"],
-        "test": MEGATRON + ["pytest>=8", "pytest-timeout", "hypothesis"],
+        "megatron": MEGATRON,
+        "rollout": ROLLOUT,
+        "parquet": ["pyarrow"],
+        # CPU machines: the real stack minus the CUDA-only parts.
+        "cpu": MEGATRON + ROLLOUT,
+        # GPU clusters: add CUDA torch yourself (and SGLang for rollouts); transformer-engine needs a CUDA toolkit.
+        "gpu": MEGATRON + ROLLOUT + ["triton", "transformer-engine[pytorch]"],
+        "test": MEGATRON + ROLLOUT + ["pyarrow", "pytest>=8", "pytest-timeout", "hypothesis", "httpx"],
     },
-    entry_points={},
+    entry_points={
+        "console_scripts": [
+            "slime-entropy-convert = slime_entropy.megatron.convert:main",
+        ],
+    },
 )

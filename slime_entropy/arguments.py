@@ -19,7 +19,13 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_arguments", "add_slime_loss_arguments", "DEFAULT_ENTROPY_PERCENTILE", "POLICY_LOSS_MODES"]
+__all__ = [
+    "add_arguments",
+    "add_slime_loss_arguments",
+    "has_option",
+    "DEFAULT_ENTROPY_PERCENTILE",
+    "POLICY_LOSS_MODES",
+]
 
 DEFAULT_ENTROPY_PERCENTILE = 0.2
 POLICY_LOSS_MODES = ("auto", "ppo", "gspo", "gpg", "clip_cov", "kl_cov", "gmpo", "cispo")
@@ -28,6 +34,12 @@ DENOMINATORS = ("kept", "all")
 SELECTION_METHODS = ("radix", "allgather")
 LOGPROB_ENTROPY_BACKENDS = ("auto", "eager", "compiled", "triton")
 KL_LOSS_TYPES = ("kl", "k1", "k2", "k3", "low_var_kl")
+
+
+def has_option(parser: argparse.ArgumentParser, flag: str) -> bool:
+    """Whether ``flag`` is registered on ``parser``: flags shared by several argument providers (the loss, the
+    rollout side, the Megatron actor) are added by whichever provider runs first."""
+    return flag in parser._option_string_actions  # argparse has no public lookup
 
 
 def _fraction_in_unit_interval(flag: str):
@@ -192,12 +204,13 @@ def add_slime_loss_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         choices=("grpo", "gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "cispo"),
         default="grpo",
     )
-    group.add_argument(
-        "--rollout-temperature",
-        type=_positive_float("--rollout-temperature"),
-        default=1.0,
-        help="Sampling temperature; the training logits are divided by it too.",
-    )
+    if not has_option(parser, "--rollout-temperature"):  # shared with the rollout side
+        group.add_argument(
+            "--rollout-temperature",
+            type=_positive_float("--rollout-temperature"),
+            default=1.0,
+            help="Sampling temperature; the training logits are divided by it too.",
+        )
     group.add_argument("--eps-clip", type=float, default=0.2)
     group.add_argument("--eps-clip-high", type=float, default=None, help="Defaults to --eps-clip.")
     group.add_argument("--entropy-coef", type=float, default=0.0)

@@ -51,7 +51,8 @@ def run_world(fn, world_size: int, args: tuple = (), timeout: float = 180.0) -> 
     port = _free_port()
     threads = max(1, (os.cpu_count() or 1) // world_size)
     procs = [
-        ctx.Process(target=_entry, args=(rank, world_size, port, fn, args, results, threads), daemon=True)
+        # not daemonic: workers may start processes of their own (megatron's checkpoint writer does)
+        ctx.Process(target=_entry, args=(rank, world_size, port, fn, args, results, threads))
         for rank in range(world_size)
     ]
     for p in procs:

@@ -62,8 +62,9 @@ def loss_function(args: argparse.Namespace, batch: Mapping, num_microbatches: in
     ``--entropy-filter-denominator kept``); Megatron divides by the all-reduced token count (slime >= #990
     semantics; v0.1.0 still applied the per-sample scale here, which was a bug).
 
-    Returns ``(loss, num_tokens or 1, {"keys": [...], "values": tensor([weight, *metric values])})`` with
-    weight = the sample count (per-token mode: the token count) that slime's reduction divides by.
+    Returns ``(loss, num_tokens, {"keys": [...], "values": tensor([weight, *metric values])})`` with num_tokens a
+    0-d int32 tensor (1 in per-sample mode) and weight the sample count (per-token mode: the token count) that
+    slime's reduction divides by.
     """
     config = LossConfig.from_args(args)
     groups = ParallelGroups.from_megatron()
@@ -96,11 +97,9 @@ def loss_function(args: argparse.Namespace, batch: Mapping, num_microbatches: in
     values = torch.stack(
         [weight.to(logits.device, torch.float32)] + [v.to(logits.device, torch.float32) for v in metrics.values()]
     )
-    return (
-        loss,
-        num_tokens.to(logits.device) if per_token else 1,
-        {"keys": list(metrics.keys()), "values": values},
-    )
+    # A 0-d int32 tensor either way: megatron-core clamps it with torch and accumulates it in an int32 tensor.
+    count = num_tokens if per_token else torch.ones((), dtype=torch.int64)
+    return loss, count.to(logits.device, torch.int32), {"keys": list(metrics.keys()), "values": values}
 
 
 def get_log_probs_and_entropy(

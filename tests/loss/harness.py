@@ -187,10 +187,8 @@ def run_rank(args, samples, schedule, layout):
 
     micro_batches = schedule[layout["dp_rank"]]
     num_mb = len(micro_batches)
-    inputs = [
-        build_rank_input(samples, ids, layout["tp_rank"], layout["tp_size"], layout["cp_rank"], layout["cp_size"], seed=m)
-        for m, ids in enumerate(micro_batches)
-    ]
+    where = (layout["tp_rank"], layout["tp_size"], layout["cp_rank"], layout["cp_size"])
+    inputs = [build_rank_input(samples, ids, *where, seed=m) for m, ids in enumerate(micro_batches)]
     if args.entropy_threshold_scope == "step":
         step_threshold = _step_threshold(args, samples, micro_batches, inputs, layout)
         for rank_input in inputs:

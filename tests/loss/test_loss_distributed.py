@@ -55,7 +55,8 @@ CASES = [
         padded_columns=4,
     ),
     dict(name="gpg + entropy grad", cli="--high-entropy-token-filter --policy-loss-mode gpg --entropy-coef 0.05"),
-    dict(name="step scope", cli="--high-entropy-token-filter --entropy-percentile 0.25 --entropy-threshold-scope step"),
+    dict(name="step scope", cli="--high-entropy-token-filter --entropy-percentile 0.25 "
+         "--entropy-threshold-scope step"),
 ]
 
 

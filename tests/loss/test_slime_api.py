@@ -179,8 +179,8 @@ def test_step_scope_uses_the_trainers_threshold():
     loss_dp, dp, metrics_dp, args = run("--high-entropy-token-filter --entropy-percentile 0.3", samples)
     ref = reference_step(samples, LossConfig.from_args(args), [list(range(6))])
     tau = torch.tensor(ref["figures"][0]["tau"], dtype=torch.float32)
-    step_args = make_args(f"{BASE} --high-entropy-token-filter --entropy-percentile 0.3 --entropy-threshold-scope step",
-                          global_batch_size=6)
+    step_cli = f"{BASE} --high-entropy-token-filter --entropy-percentile 0.3 --entropy-threshold-scope step"
+    step_args = make_args(step_cli, global_batch_size=6)
     rank_input = build_rank_input(samples, list(range(6)), 0, 1, 0, 1)
     with pytest.raises(ValueError, match="batch\\['entropy_threshold'\\]"):
         loss_function(step_args, rank_input.batch, 1, rank_input.logits)

@@ -1,0 +1,487 @@
+"""The Megatron and slime training flags the actor reads, and the frozen configs built from them.
+
+``add_megatron_arguments(parser) -> parser`` registers Megatron's own spellings (slime users pass them unchanged:
+``MODEL_ARGS``, ``--tensor-model-parallel-size``, ``--lr`` ...) plus slime's actor/checkpoint flags
+(``--hf-checkpoint``, ``--ref-load``, ``--save-hf``, ``--use-dynamic-batch-size`` ...). It registers none of the loss
+flags (``slime_entropy.arguments`` owns those, including ``--calculate-per-token-loss``, ``--use-kl-loss``,
+``--rollout-temperature``) and not ``--kl-coef`` (reward side; read here when present). ``--hf-checkpoint`` is shared
+with the rollout flags and registered by whichever provider runs first.
+
+:meth:`MegatronSettings.from_args` is the only place that reads these flags. It validates everything at once and
+raises one ``ValueError`` naming each flag and its fix; the rest of ``slime_entropy.megatron`` receives the frozen
+objects.
+
+Defaults follow slime where slime overrides Megatron (``--seed 1234``, ``--micro-batch-size 1``, distributed
+optimizer on, ``--clip-grad 1.0``). ``--bf16`` defaults to on where the hardware has bf16 (a CUDA GPU that reports
+it) and off on a CPU (no native bf16 on most CPUs; pass ``--bf16`` to force it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from slime_entropy.arguments import has_option
+from slime_entropy.megatron.architecture import HFArchitecture, check_model_args, padded_vocab_size
+from slime_entropy.megatron.model import ModelBuildConfig
+
+__all__ = [
+    "add_megatron_arguments",
+    "OptimizerSettings",
+    "BatchingSettings",
+    "CheckpointSettings",
+    "MegatronSettings",
+    "LR_DECAY_STYLES",
+]
+
+logger = logging.getLogger(__name__)
+
+LR_DECAY_STYLES = ("constant", "cosine", "linear")
+
+
+def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the Megatron/slime actor flags on ``parser`` and return it."""
+    g = parser.add_argument_group("megatron: model architecture (MODEL_ARGS; checked against --hf-checkpoint)")
+    g.add_argument("--num-layers", type=int, default=None)
+    g.add_argument("--hidden-size", type=int, default=None)
+    g.add_argument("--ffn-hidden-size", type=int, default=None)
+    g.add_argument("--num-attention-heads", type=int, default=None)
+    g.add_argument("--group-query-attention", action="store_true")
+    g.add_argument("--num-query-groups", type=int, default=None)
+    g.add_argument("--kv-channels", type=int, default=None)
+    g.add_argument("--qk-layernorm", action="store_true")
+    g.add_argument("--normalization", choices=("RMSNorm", "LayerNorm"), default=None)
+    g.add_argument("--norm-epsilon", type=float, default=None)
+    g.add_argument("--swiglu", action="store_true")
+    g.add_argument("--disable-bias-linear", action="store_true")
+    g.add_argument("--add-qkv-bias", action="store_true")
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    g.add_argument("--position-embedding-type", choices=("rope",), default=None)
+    g.add_argument("--use-rotary-position-embeddings", action="store_true")
+    g.add_argument("--rotary-base", type=float, default=None)
+    g.add_argument("--rotary-percent", type=float, default=None)
+    g.add_argument("--use-rope-scaling", action="store_true")
+    g.add_argument("--rope-scaling-factor", type=float, default=None)
+    g.add_argument("--vocab-size", type=int, default=None, help="True vocabulary size (default: config.json's).")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--max-position-embeddings", type=int, default=None)
+    g.add_argument("--seq-length", type=int, default=None, help="Accepted for compatibility; packing ignores it.")
+    g.add_argument("--attention-dropout", type=float, default=0.0)
+    g.add_argument("--hidden-dropout", type=float, default=0.0)
+    g.add_argument("--num-experts", type=int, default=None)
+    g.add_argument("--moe-ffn-hidden-size", type=int, default=None)
+    g.add_argument("--moe-router-topk", type=int, default=None)
+    g.add_argument("--moe-router-score-function", choices=("softmax", "sigmoid"), default=None)
+    g.add_argument("--moe-router-pre-softmax", action="store_true")
+    g.add_argument("--moe-layer-freq", default=None, help="Integer N, or a list such as '[1]*48'.")
+    g.add_argument("--moe-token-dispatcher-type", choices=("alltoall", "allgather"), default="alltoall")
+    g.add_argument("--moe-grouped-gemm", action="store_true", help="TE grouped GEMM for experts (GPU).")
+    g.add_argument("--moe-token-drop-policy", choices=("probs", "position"), default="probs")
+    g.add_argument("--moe-router-dtype", choices=("fp32", "fp64"), default="fp32")
+    g.add_argument("--moe-permute-fusion", action="store_true", help="Accepted; the fused permute needs TE (off).")
+    g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0)
+
+    g = parser.add_argument_group("megatron: parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument("--expert-model-parallel-size", type=int, default=1)
+    g.add_argument("--expert-tensor-parallel-size", type=int, default=None)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument(
+        "--transformer-impl",
+        choices=("auto", "local", "transformer_engine"),
+        default="auto",
+        help="Layer implementation: transformer-engine when it imports on a GPU (auto), or megatron-core's local "
+        "pure-torch spec.",
+    )
+
+    g = parser.add_argument_group("megatron: precision and memory")
+    g.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 parameters with fp32 main weights (default: on where the GPU supports bf16, off on CPU).",
+    )
+    g.add_argument("--fp16", action="store_true", help="Not supported (use --bf16); accepted to give a clear error.")
+    g.add_argument("--accumulate-allreduce-grads-in-fp32", action="store_true")
+    g.add_argument("--attention-softmax-in-fp32", action="store_true")
+    g.add_argument("--attention-backend", default=None, help="Accepted for compatibility (TE picks the backend).")
+    g.add_argument("--recompute-granularity", choices=("full", "selective"), default=None)
+    g.add_argument("--recompute-method", choices=("uniform", "block"), default=None)
+    g.add_argument("--recompute-num-layers", type=int, default=None)
+
+    g = parser.add_argument_group("megatron: optimizer and learning rate")
+    g.add_argument("--optimizer", choices=("adam",), default="adam")
+    g.add_argument("--lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", choices=LR_DECAY_STYLES, default="constant")
+    g.add_argument("--lr-decay-iters", type=int, default=None, help="Default: --num-rollout x steps per rollout.")
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-warmup-init", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--clip-grad", type=float, default=1.0, help="Global gradient-norm clip; 0 disables.")
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument(
+        "--use-distributed-optimizer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Shard optimizer state over data-parallel ranks (slime forces it on).",
+    )
+    g.add_argument("--use-precision-aware-optimizer", action="store_true")
+    g.add_argument("--optimizer-cpu-offload", action="store_true")
+    g.add_argument("--overlap-cpu-optimizer-d2h-h2d", action="store_true")
+    g.add_argument("--seed", type=int, default=1234)
+
+    g = parser.add_argument_group("megatron: batching")
+    g.add_argument("--micro-batch-size", type=int, default=1, help="Samples per micro-batch (fixed batching).")
+    g.add_argument("--global-batch-size", type=int, default=None, help="Samples per optimizer step (all DP ranks).")
+    g.add_argument(
+        "--use-dynamic-batch-size",
+        action="store_true",
+        help="Pack samples greedily into micro-batches of at most --max-tokens-per-gpu tokens.",
+    )
+    g.add_argument("--max-tokens-per-gpu", type=int, default=None)
+    g.add_argument(
+        "--log-probs-max-tokens-per-gpu",
+        type=int,
+        default=None,
+        help="Token budget of the no-grad log-prob passes (default: --max-tokens-per-gpu).",
+    )
+    g.add_argument(
+        "--data-pad-size-multiplier",
+        type=int,
+        default=128,
+        help="The packed stream is padded to a multiple of TP x this (slime: 128).",
+    )
+
+    g = parser.add_argument_group("slime: checkpoints")
+    if not has_option(parser, "--hf-checkpoint"):  # shared with the rollout side, whichever registers first
+        g.add_argument("--hf-checkpoint", default=None, help="HF model directory: architecture, tokenizer, weights.")
+    g.add_argument("--load", default=None, help="torch_dist checkpoint directory to resume from.")
+    g.add_argument("--save", default=None, help="torch_dist checkpoint directory to save to.")
+    g.add_argument("--save-interval", type=int, default=None, help="Save every N rollouts.")
+    g.add_argument(
+        "--ref-load",
+        default=None,
+        help="torch_dist checkpoint of the reference model; also the initial weights when --load has none.",
+    )
+    g.add_argument("--ref-ckpt-step", type=int, default=None, help="Iteration of --ref-load to use (default: latest).")
+    g.add_argument("--ckpt-step", type=int, default=None, help="Iteration of --load to use (default: latest).")
+    g.add_argument("--save-hf", default=None, help="Also write an HF checkpoint here on save ({rollout_id} allowed).")
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true", help="Load weights only and restart the iteration count.")
+    g.add_argument("--ckpt-format", choices=("torch_dist",), default="torch_dist")
+    return parser
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.messages.append(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerSettings:
+    """Adam with Megatron's LR schedule. ``lr_decay_iters`` None: decay over the run's total steps."""
+
+    lr: float = 1e-6
+    min_lr: float = 0.0
+    lr_decay_style: str = "constant"
+    lr_decay_iters: int | None = None
+    lr_warmup_iters: int = 0
+    lr_warmup_init: float = 0.0
+    weight_decay: float = 0.01
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    use_distributed_optimizer: bool = True
+    use_precision_aware_optimizer: bool = False
+    optimizer_cpu_offload: bool = False
+    overlap_cpu_optimizer_d2h_h2d: bool = False
+
+    def problems(self) -> list[str]:
+        p = _Problems()
+        p.check(self.lr >= 0, f"--lr must be >= 0, got {self.lr}")
+        p.check(0 <= self.min_lr <= self.lr, f"--min-lr ({self.min_lr}) must lie in [0, --lr ({self.lr})]")
+        p.check(self.lr_decay_style in LR_DECAY_STYLES, f"--lr-decay-style must be one of {LR_DECAY_STYLES}")
+        p.check(self.lr_warmup_iters >= 0, f"--lr-warmup-iters must be >= 0, got {self.lr_warmup_iters}")
+        p.check(
+            self.lr_decay_iters is None or self.lr_decay_iters > self.lr_warmup_iters,
+            f"--lr-decay-iters ({self.lr_decay_iters}) must exceed --lr-warmup-iters ({self.lr_warmup_iters})",
+        )
+        p.check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        p.check(self.clip_grad >= 0, f"--clip-grad must be >= 0 (0 disables clipping), got {self.clip_grad}")
+        p.check(0 <= self.adam_beta1 < 1, f"--adam-beta1 must lie in [0, 1), got {self.adam_beta1}")
+        p.check(0 <= self.adam_beta2 < 1, f"--adam-beta2 must lie in [0, 1), got {self.adam_beta2}")
+        p.check(self.adam_eps > 0, f"--adam-eps must be > 0, got {self.adam_eps}")
+        return p.messages
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchingSettings:
+    """How a rank's samples become micro-batches.
+
+    Fixed: ``micro_batch_size`` samples per micro-batch. Dynamic: greedy first-fit packing of samples into
+    micro-batches of at most ``max_tokens_per_gpu`` tokens (``log_probs_max_tokens_per_gpu`` for no-grad passes).
+    Either way every data-parallel rank runs the same number of micro-batches. ``pad_multiple``: the packed stream
+    length is rounded up to a multiple of it (TP x --data-pad-size-multiplier).
+    """
+
+    micro_batch_size: int = 1
+    global_batch_size: int | None = None
+    use_dynamic_batch_size: bool = False
+    max_tokens_per_gpu: int | None = None
+    log_probs_max_tokens_per_gpu: int | None = None
+    pad_multiple: int = 128
+
+    def problems(self) -> list[str]:
+        p = _Problems()
+        p.check(self.micro_batch_size >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}")
+        p.check(
+            self.global_batch_size is None or self.global_batch_size >= 1,
+            f"--global-batch-size must be >= 1, got {self.global_batch_size}",
+        )
+        p.check(
+            not self.use_dynamic_batch_size or self.max_tokens_per_gpu is not None,
+            "--use-dynamic-batch-size needs --max-tokens-per-gpu (the token budget of a micro-batch)",
+        )
+        p.check(
+            self.max_tokens_per_gpu is None or self.max_tokens_per_gpu >= 1,
+            f"--max-tokens-per-gpu must be >= 1, got {self.max_tokens_per_gpu}",
+        )
+        p.check(
+            self.log_probs_max_tokens_per_gpu is None or self.use_dynamic_batch_size,
+            "--log-probs-max-tokens-per-gpu only applies with --use-dynamic-batch-size",
+        )
+        p.check(self.pad_multiple >= 1, f"--data-pad-size-multiplier must be >= 1, got {self.pad_multiple}")
+        return p.messages
+
+    @property
+    def log_probs_token_budget(self) -> int | None:
+        return self.log_probs_max_tokens_per_gpu or self.max_tokens_per_gpu
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSettings:
+    """slime's checkpoint flags (see slime-reference §10)."""
+
+    hf_checkpoint: str
+    load: str | None = None
+    save: str | None = None
+    save_interval: int | None = None
+    ref_load: str | None = None
+    ref_ckpt_step: int | None = None
+    ckpt_step: int | None = None
+    save_hf: str | None = None
+    no_load_optim: bool = False
+    no_load_rng: bool = False
+    finetune: bool = False
+    needs_ref_model: bool = False
+
+    def problems(self) -> list[str]:
+        p = _Problems()
+        p.check(
+            self.save_interval is None or self.save_interval >= 1,
+            f"--save-interval must be >= 1, got {self.save_interval}",
+        )
+        p.check(self.save_interval is None or self.save is not None, "--save-interval needs --save DIR")
+        p.check(
+            not self.needs_ref_model or self.ref_load is not None,
+            "--use-kl-loss / --kl-coef need the reference model: pass --ref-load <torch_dist dir> (convert the HF "
+            "checkpoint with slime-entropy-convert hf-to-torch-dist)",
+        )
+        return p.messages
+
+
+@dataclass(frozen=True, kw_only=True)
+class MegatronSettings:
+    """Everything the Megatron actor needs, resolved once from ``args``."""
+
+    arch: HFArchitecture
+    build: ModelBuildConfig
+    optimizer: OptimizerSettings
+    batching: BatchingSettings
+    checkpoint: CheckpointSettings
+    context_parallel_size: int = 1
+    seed: int = 1234
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return padded_vocab_size(
+            self.arch.vocab_size, self.build.make_vocab_size_divisible_by, self.build.tensor_model_parallel_size
+        )
+
+    @property
+    def model_parallel_size(self) -> int:
+        return (
+            self.build.tensor_model_parallel_size
+            * self.build.pipeline_model_parallel_size
+            * self.context_parallel_size
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, world_size: int | None = None) -> MegatronSettings:
+        """Validate and freeze. ``world_size``: the number of training ranks, to check the layout against."""
+        if getattr(args, "hf_checkpoint", None) is None:
+            raise ValueError("--hf-checkpoint is required: the HF model directory the actor builds its model from")
+        arch = HFArchitecture.from_hf_checkpoint(args.hf_checkpoint)
+        check_model_args(args, arch, source=f"{args.hf_checkpoint}/config.json")
+        problems = _Problems()
+        on_gpu = torch.cuda.is_available()
+        tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+        cp, ep = args.context_parallel_size, args.expert_model_parallel_size
+        for flag, value in (
+            ("--tensor-model-parallel-size", tp),
+            ("--pipeline-model-parallel-size", pp),
+            ("--context-parallel-size", cp),
+            ("--expert-model-parallel-size", ep),
+        ):
+            problems.check(value >= 1, f"{flag} must be >= 1, got {value}")
+        problems.check(
+            cp == 1,
+            f"--context-parallel-size {cp}: context parallelism is not supported by slime_entropy's actor yet; use "
+            "--context-parallel-size 1 (more TP or dynamic batching for long sequences)",
+        )
+        problems.check(
+            arch.num_attention_heads % max(tp, 1) == 0 and arch.num_query_groups % max(tp, 1) == 0,
+            f"--tensor-model-parallel-size {tp} must divide the attention heads ({arch.num_attention_heads}) and the "
+            f"query groups ({arch.num_query_groups})",
+        )
+        problems.check(
+            arch.num_layers % max(pp, 1) == 0,
+            f"--pipeline-model-parallel-size {pp} must divide --num-layers ({arch.num_layers})",
+        )
+        if arch.is_moe:
+            problems.check(
+                arch.num_experts % max(ep, 1) == 0,
+                f"--expert-model-parallel-size {ep} must divide the {arch.num_experts} experts",
+            )
+        else:
+            problems.check(ep == 1, f"--expert-model-parallel-size {ep} needs an MoE model; drop it")
+        if world_size is not None:
+            problems.check(
+                world_size % (tp * pp * cp) == 0,
+                f"{world_size} training ranks are not a multiple of TP x PP x CP = {tp}x{pp}x{cp}",
+            )
+        problems.check(
+            not (args.sequence_parallel and not on_gpu),
+            "--sequence-parallel is not available on CPU (megatron-core's torch norms reject it without "
+            "transformer-engine/apex); drop it for CPU runs",
+        )
+        problems.check(not args.fp16, "--fp16 is not supported; use --bf16 (slime's default)")
+        if args.vocab_size is not None:
+            problems.check(args.vocab_size == arch.vocab_size, "--vocab-size must equal config.json's vocab_size")
+        problems.check(
+            args.moe_token_dispatcher_type == "alltoall",
+            "--moe-token-dispatcher-type allgather does not support variable sequence lengths; use alltoall "
+            "(slime switches to it too)",
+        )
+        problems.check(
+            not (args.moe_grouped_gemm and not on_gpu), "--moe-grouped-gemm needs transformer-engine on a GPU"
+        )
+        problems.check(
+            args.make_vocab_size_divisible_by >= 1,
+            f"--make-vocab-size-divisible-by must be >= 1, got {args.make_vocab_size_divisible_by}",
+        )
+        bf16 = args.bf16
+        if bf16 is None:
+            bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
+        build = ModelBuildConfig(
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            expert_model_parallel_size=ep,
+            expert_tensor_parallel_size=args.expert_tensor_parallel_size,
+            sequence_parallel=bool(args.sequence_parallel and tp > 1),
+            bf16=bool(bf16),
+            make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+            transformer_impl=args.transformer_impl,
+            attention_dropout=args.attention_dropout,
+            hidden_dropout=args.hidden_dropout,
+            recompute_granularity=args.recompute_granularity,
+            recompute_method=args.recompute_method,
+            recompute_num_layers=args.recompute_num_layers,
+            moe_grouped_gemm=bool(args.moe_grouped_gemm),
+            moe_token_dispatcher_type=args.moe_token_dispatcher_type,
+            moe_aux_loss_coeff=args.moe_aux_loss_coeff,
+            moe_router_dtype=args.moe_router_dtype,
+            calculate_per_token_loss=bool(getattr(args, "calculate_per_token_loss", False)),
+            accumulate_allreduce_grads_in_fp32=bool(args.accumulate_allreduce_grads_in_fp32),
+            attention_softmax_in_fp32=True,
+        )
+        optimizer = OptimizerSettings(
+            lr=args.lr,
+            min_lr=args.min_lr,
+            lr_decay_style=args.lr_decay_style,
+            lr_decay_iters=args.lr_decay_iters,
+            lr_warmup_iters=args.lr_warmup_iters,
+            lr_warmup_init=args.lr_warmup_init,
+            weight_decay=args.weight_decay,
+            clip_grad=args.clip_grad,
+            adam_beta1=args.adam_beta1,
+            adam_beta2=args.adam_beta2,
+            adam_eps=args.adam_eps,
+            use_distributed_optimizer=bool(args.use_distributed_optimizer),
+            use_precision_aware_optimizer=bool(args.use_precision_aware_optimizer),
+            optimizer_cpu_offload=bool(args.optimizer_cpu_offload),
+            overlap_cpu_optimizer_d2h_h2d=bool(args.overlap_cpu_optimizer_d2h_h2d),
+        )
+        batching = BatchingSettings(
+            micro_batch_size=args.micro_batch_size,
+            global_batch_size=args.global_batch_size,
+            use_dynamic_batch_size=bool(args.use_dynamic_batch_size),
+            max_tokens_per_gpu=args.max_tokens_per_gpu,
+            log_probs_max_tokens_per_gpu=args.log_probs_max_tokens_per_gpu,
+            pad_multiple=tp * args.data_pad_size_multiplier,
+        )
+        needs_ref = bool(getattr(args, "use_kl_loss", False)) or float(getattr(args, "kl_coef", 0.0) or 0.0) != 0.0
+        checkpoint = CheckpointSettings(
+            hf_checkpoint=args.hf_checkpoint,
+            load=args.load,
+            save=args.save,
+            save_interval=args.save_interval,
+            ref_load=args.ref_load,
+            ref_ckpt_step=args.ref_ckpt_step,
+            ckpt_step=args.ckpt_step,
+            save_hf=args.save_hf,
+            no_load_optim=bool(args.no_load_optim),
+            no_load_rng=bool(args.no_load_rng),
+            finetune=bool(args.finetune),
+            needs_ref_model=needs_ref,
+        )
+        for section in (optimizer, batching, checkpoint):
+            problems.messages += section.problems()
+        if problems.messages:
+            raise ValueError("invalid Megatron actor flags:\n  - " + "\n  - ".join(problems.messages))
+        settings = cls(
+            arch=arch,
+            build=build,
+            optimizer=optimizer,
+            batching=batching,
+            checkpoint=checkpoint,
+            context_parallel_size=cp,
+            seed=args.seed,
+        )
+        logger.info("slime_entropy megatron settings: %s", _describe(settings))
+        return settings
+
+
+def _describe(obj: Any) -> str:
+    if hasattr(obj, "__dataclass_fields__"):
+        return (
+            f"{type(obj).__name__}("
+            + ", ".join(f"{f.name}={_describe(getattr(obj, f.name))}" for f in fields(obj))
+            + ")"
+        )
+    return repr(obj)
