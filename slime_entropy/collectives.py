@@ -25,6 +25,7 @@ __all__ = [
     "group_size",
     "all_reduce_sum_",
     "all_reduce_max_",
+    "broadcast_",
     "all_gather_stacked",
     "all_gather_variable",
     "differentiable_all_reduce_sum",
@@ -56,6 +57,14 @@ def all_reduce_max_(tensor: torch.Tensor, group: ProcessGroup | None) -> torch.T
     """In-place MAX over ``group``; returns ``tensor``. No gradient tracking."""
     if group_size(group) > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
+    return tensor
+
+
+def broadcast_(tensor: torch.Tensor, src: int, group: ProcessGroup | None) -> torch.Tensor:
+    """In-place broadcast of ``tensor`` from rank ``src`` of ``group`` (as ``torch.distributed`` numbers it for
+    that group); returns ``tensor``. No gradient tracking."""
+    if group_size(group) > 1:
+        dist.broadcast(tensor, src=src, group=group)
     return tensor
 
 

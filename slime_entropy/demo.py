@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from . import collectives
 from .arguments import add_arguments, add_slime_loss_arguments
 
 VOCAB, HIDDEN = 512, 64
@@ -79,7 +80,8 @@ def _batch(num_samples: int, seed: int = 1):
 
 def _reduce(record, cp_size: int = 1) -> dict[str, float]:
     values = record["values"].clone()
-    dist.all_reduce(values)  # TP ranks report identical values; the demo world is one data-parallel replica
+    # TP ranks report identical values; the demo world is one data-parallel replica
+    collectives.all_reduce_sum_(values, dist.group.WORLD)
     values /= dist.get_world_size()
     return {k: float(v) * cp_size / float(values[0]) for k, v in zip(record["keys"], values[1:], strict=False)}
 

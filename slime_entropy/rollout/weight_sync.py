@@ -33,8 +33,8 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from slime_entropy import collectives
 from slime_entropy.rollout.client import EnginePool
 
 __all__ = [
@@ -188,7 +188,7 @@ class WeightBroadcaster:
 
         def send() -> None:
             for _, tensor in named:
-                dist.broadcast(tensor, src=0, group=self.group)
+                collectives.broadcast_(tensor, 0, self.group)
 
         post = self.pool.post_each(
             "/update_weights_from_distributed", [body] * len(self._slots()), timeout=self.timeout_s
@@ -222,7 +222,7 @@ def engine_receive_broadcast(model: torch.nn.Module, group, body: dict[str, Any]
     received = []
     for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
         buffer = torch.empty(tuple(shape), dtype=_dtype_from_name(dtype))
-        dist.broadcast(buffer, src=0, group=group)  # every tensor is received, even a bad one, to stay in step
+        collectives.broadcast_(buffer, 0, group)  # every tensor is received, even a bad one, to stay in step
         received.append((name, buffer))
     for name, buffer in received:
         if name not in params:
