@@ -193,3 +193,63 @@ def test_step_scope_uses_the_trainers_threshold():
     assert torch.equal(rank_input.logits.grad, dp.logits.grad)
     assert metrics_step == pytest.approx(metrics_dp)
     assert float(tau) == pytest.approx(metrics_dp["entropy_threshold"], rel=1e-5)
+
+
+def _on_policy(samples):
+    ref = reference_step(samples, LossConfig.from_args(make_args(BASE, global_batch_size=len(samples))), [])
+    for sample, log_probs in zip(samples, ref["log_probs"], strict=True):
+        sample.old_log_probs = log_probs.float()
+
+
+def _rows_by_token(samples, rank_input, kept):
+    """(kept rows, dropped rows) of valid response tokens in the packed logits."""
+    kept_rows, dropped_rows = [], []
+    for r, (s, pos) in enumerate(rank_input.row_map):
+        if s < 0 or not samples[s].prompt_len - 1 <= pos <= samples[s].total_len - 2:
+            continue
+        t = pos + 1 - samples[s].prompt_len
+        if samples[s].loss_mask[t]:
+            (kept_rows if kept[s][t] else dropped_rows).append(r)
+    return kept_rows, dropped_rows
+
+
+def test_clip_cov_with_the_filter_detaches_a_share_of_the_kept_tokens_only():
+    samples = make_samples(17, 8, VOCAB, duplicate_rows=False, per_token_advantages=True)
+    _on_policy(samples)  # nothing is PPO-clipped, so every kept token is eligible with these bounds
+    cli = ("--high-entropy-token-filter --entropy-percentile 0.5 --policy-loss-mode clip_cov --clip-cov-ratio 0.1 "
+           "--clip-cov-lb -1000 --clip-cov-ub 1000")  # fmt: skip
+    _, rank_input, _, args = run(cli, samples)
+    kept = reference_step(
+        samples, LossConfig.from_args(make_args(f"{BASE} --high-entropy-token-filter --entropy-percentile 0.5",
+                                                global_batch_size=8)), [list(range(8))]
+    )["kept"]  # fmt: skip
+    kept_rows, dropped_rows = _rows_by_token(samples, rank_input, kept)
+    grad = rank_input.logits.grad[0]
+    assert all(torch.count_nonzero(grad[r]) == 0 for r in dropped_rows)
+    detached = [r for r in kept_rows if torch.count_nonzero(grad[r]) == 0]
+    assert len(detached) == max(1, int(0.1 * len(kept_rows)))
+
+
+def test_kl_cov_with_the_filter_penalises_the_top_covariance_kept_tokens():
+    samples = make_samples(19, 6, VOCAB, duplicate_rows=False, per_token_advantages=True)
+    cli = "--high-entropy-token-filter --entropy-percentile 0.5 --policy-loss-mode kl_cov --kl-cov-ratio 0.2"
+    loss, rank_input, metrics, args = run(cli, samples)
+    config = LossConfig.from_args(args)
+    ref = reference_step(
+        samples, LossConfig.from_args(make_args(f"{BASE} --high-entropy-token-filter --entropy-percentile 0.5",
+                                                global_batch_size=6)), [list(range(6))]
+    )  # fmt: skip
+    # independent float64 computation: covariance over the kept tokens, top floor(0.2 * K) get |logp - old|
+    logp = torch.cat(ref["log_probs"])
+    kept = torch.cat(ref["kept"])
+    adv = torch.cat([s.advantages.double() for s in samples])
+    old = torch.cat([s.old_log_probs.double() for s in samples])
+    w = kept.double()
+    cov = (adv - (adv * w).sum() / w.sum()) * (logp - (logp * w).sum() / w.sum())
+    cov[~kept] = -float("inf")
+    chosen = torch.topk(cov, max(1, int(0.2 * int(kept.sum())))).indices
+    token_loss = -adv * torch.exp(logp - old)
+    token_loss[chosen] += config.policy.kl_cov_coef * (logp - old).abs()[chosen]
+    parts = (token_loss * w).split([s.response_len for s in samples])
+    per_sample = [part.sum() / max(int(k.sum()), 1) for part, k in zip(parts, ref["kept"], strict=True)]
+    assert float(loss.detach()) == pytest.approx(float(sum(per_sample)) / 6, rel=1e-5)
