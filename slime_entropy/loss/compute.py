@@ -196,6 +196,175 @@ def _step_selection(batch, entropy_data, valid_tok, weight_local, dp_cp_group, d
     )
 
 
+@dataclass(frozen=True)
+class _GradientTokens:
+    """Which local tokens receive the policy gradient, and how their terms are reduced.
+
+    local_masks / full_counts: per-sample masks of those tokens (local) and their full-response counts (over the
+    CP group), the weights of the sequence-level objectives. pg_reducer: reduces the policy-gradient term.
+    all_token_scale: factor on terms over all valid tokens (per-token mode with kept-token normalisation), else None.
+    num_tokens: Megatron's token count override (per-token mode, kept-token normalisation), else None.
+    metrics: the filter's metrics in slime's units (empty without the filter).
+    """
+
+    local_masks: list[torch.Tensor]
+    full_counts: torch.Tensor
+    pg_reducer: Reducer
+    all_token_scale: torch.Tensor | None
+    num_tokens: torch.Tensor | None
+    metrics: dict[str, torch.Tensor]
+
+
+def _all_valid_tokens(batch: Mapping, local_masks: list[torch.Tensor], base: Reducer, device) -> _GradientTokens:
+    counts = [mask.sum() for mask in batch["loss_masks"]]
+    full_counts = torch.stack(counts).to(device) if counts else torch.zeros(0, dtype=torch.int64, device=device)
+    return _GradientTokens(local_masks, full_counts, base, None, None, {})
+
+
+def _high_entropy_tokens(
+    config: LossConfig,
+    groups: ParallelGroups,
+    batch: Mapping,
+    lengths: list[int],
+    entropy: torch.Tensor,
+    valid_tok: torch.Tensor,
+    mask_dtype: torch.dtype,
+    base: Reducer,
+) -> _GradientTokens:
+    """The filter: tau over the scope's population, kept = valid & H >= tau, the rebuilt reducer, the metrics."""
+    filt, per_token = config.entropy_filter, config.policy.per_token_loss
+    device = entropy.device
+    weight_local = metric_weight(batch, per_token)
+
+    def describe() -> str:
+        bad = [i for i, part in enumerate(entropy.split(lengths)) if part.numel() and not torch.isfinite(part).all()]
+        return (
+            f"micro-batch of {len(lengths)} samples (total_lengths={list(batch['total_lengths'])}, "
+            f"response_lengths={list(batch['response_lengths'])}); samples with non-finite entropy here: {bad} "
+            f"(check the logits: NaN/Inf usually means diverged training or a bad learning rate)"
+        )
+
+    if filt.threshold_scope == "step":
+        selection = _step_selection(batch, entropy, valid_tok, weight_local, groups.dp_cp, describe)
+    else:
+        selection = select_top_fraction(
+            entropy[valid_tok],
+            filt.keep_fraction,
+            groups.dp_cp if filt.threshold_scope == "dp" else groups.cp,
+            method=filt.selection_method,
+            extra=weight_local.reshape(1).to(device, torch.float64),
+            describe=describe,
+        )
+    kept_tok = valid_tok & (entropy >= selection.threshold)
+    kept_local_masks = [part.to(mask_dtype) for part in kept_tok.split(lengths)]
+    # full-response kept counts per sample (integers, like slime's mask sums, so rho = 1 is bit-exact)
+    kept_counts = _split_sums(kept_tok.to(torch.int64), lengths)
+    collectives.all_reduce_sum_(kept_counts, groups.cp)
+
+    # In per-token mode with kept-token normalisation Megatron divides by the kept count (reported as num_tokens);
+    # terms over all valid tokens are rescaled by kept/population so each stays a mean over its own tokens.
+    kept_normalises_tokens = per_token and filt.denominator == "kept"
+    num_tokens = all_token_scale = None
+    if kept_normalises_tokens:
+        num_tokens = kept_counts.sum()
+        weight_local = num_tokens.double()
+        group_weight = selection.num_kept.double() * groups.cp_size
+        all_token_scale = (selection.num_kept.double() / selection.num_population.double().clamp_min(1)).float()
+    else:
+        group_weight = selection.extra_sum[0]
+    metrics = population_metrics(
+        threshold=selection.threshold,
+        num_population=selection.num_population,
+        num_kept=selection.num_kept,
+        local_entropy_sum=(entropy * valid_tok).double().sum(),
+        local_kept_entropy_sum=(entropy * kept_tok).double().sum(),
+        local_weight=weight_local.to(device),
+        group_weight=group_weight,
+        cp_size=groups.cp_size,
+    )
+
+    if per_token or filt.denominator == "all":
+        # numerators over kept tokens, slime's denominators (per-token mode: Megatron's count decides)
+        kept_float = kept_tok.float()
+
+        def pg_reducer(x: torch.Tensor) -> torch.Tensor:
+            return base(x * kept_float.to(x.dtype))
+
+    else:
+        pg_reducer = sample_mean_reducer(kept_local_masks, kept_counts, per_token=False)
+    return _GradientTokens(kept_local_masks, kept_counts, pg_reducer, all_token_scale, num_tokens, metrics)
+
+
+def _surrogate(
+    config: LossConfig,
+    groups: ParallelGroups,
+    batch: Mapping,
+    lengths: list[int],
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    tokens: _GradientTokens,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pg_tok, clipfrac_tok, ppo_kl_tok) of the configured objective; see ``policy`` for the formulas.
+
+    Sequence-level objectives (gspo, gmpo) average over the gradient tokens of each full sequence (CP ranks add
+    their parts with a differentiable all-reduce), so with the filter no gradient reaches a non-kept token.
+    """
+    pol = config.policy
+    device = log_probs.device
+    weight_tok = torch.cat(tokens.local_masks).to(device, torch.float32) if lengths else torch.zeros(0, device=device)
+    full_counts = tokens.full_counts.to(device, torch.float32).clamp_min(1)
+    if pol.mode == "gspo":
+        numerator = _split_sums((old_log_probs - log_probs) * weight_tok, lengths)
+        seq_kl = collectives.differentiable_all_reduce_sum(numerator, groups.cp) / full_counts
+        ppo_kl = _expand(seq_kl, lengths)
+        pg_tok, clipfrac_tok = policy.clipped_surrogate(
+            ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c
+        )
+        return pg_tok, clipfrac_tok, ppo_kl
+    ppo_kl = old_log_probs - log_probs
+    if pol.mode == "gmpo":
+        log_ratio_tok, clipfrac_tok = policy.gmpo_clipped_log_ratio(
+            log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high
+        )
+        sums = torch.stack(
+            [_split_sums(log_ratio_tok * weight_tok, lengths), _split_sums(advantages * weight_tok, lengths)], dim=-1
+        )
+        sums = collectives.differentiable_all_reduce_sum(sums, groups.cp)
+        seq_loss = -(sums[:, 1] / full_counts) * torch.exp(sums[:, 0] / full_counts)
+        return _expand(seq_loss, lengths), clipfrac_tok, ppo_kl
+    if pol.mode == "ppo":
+        pg_tok, clipfrac_tok = policy.clipped_surrogate(
+            ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c
+        )
+    elif pol.mode == "gpg":
+        pg_tok, clipfrac_tok = policy.gpg_surrogate(log_probs, advantages)
+    elif pol.mode == "cispo":
+        pg_tok, clipfrac_tok = policy.cispo_surrogate(
+            log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high
+        )
+    elif pol.mode == "clip_cov":
+        pg_tok, clipfrac_tok = policy.clip_cov_surrogate(
+            log_probs,
+            old_log_probs,
+            advantages,
+            weight_tok > 0,
+            eps_clip=pol.eps_clip,
+            eps_clip_high=pol.eps_clip_high,
+            ratio=pol.clip_cov_ratio,
+            lower_bound=pol.clip_cov_lb,
+            upper_bound=pol.clip_cov_ub,
+            generator=_clip_cov_generator(batch),
+        )
+    elif pol.mode == "kl_cov":
+        pg_tok, clipfrac_tok = policy.kl_cov_surrogate(
+            log_probs, old_log_probs, advantages, weight_tok > 0, ratio=pol.kl_cov_ratio, coef=pol.kl_cov_coef
+        )
+    else:  # config validation makes this unreachable
+        raise AssertionError(pol.mode)
+    return pg_tok, clipfrac_tok, ppo_kl
+
+
 def compute_policy_loss(
     config: LossConfig,
     groups: ParallelGroups,
@@ -218,170 +387,37 @@ def compute_policy_loss(
     """
     _check_batch(batch, config)
     pol, filt = config.policy, config.entropy_filter
-    per_token = pol.per_token_loss
     layout, log_probs, entropy = compute_log_probs_and_entropy(
         config, groups, batch, logits, entropy_grad=pol.entropy_coef != 0
     )
-    num_local = log_probs.numel()
-    device = log_probs.device
-    lengths = layout.local_lengths
-    base = sum_of_sample_mean if sum_of_sample_mean is not None else slime_reducer(layout, batch, per_token)
-
+    num_local, device, lengths = log_probs.numel(), log_probs.device, layout.local_lengths
+    base = sum_of_sample_mean if sum_of_sample_mean is not None else slime_reducer(layout, batch, pol.per_token_loss)
     local_masks = layout.local_masks(batch["loss_masks"])
-    mask_dtype = local_masks[0].dtype if local_masks else torch.int64
-    valid_tok = (
-        (torch.cat(local_masks).to(device) > 0) if local_masks else torch.zeros(0, dtype=torch.bool, device=device)
-    )
     advantages = _cat(batch["advantages"], "advantages", num_local, device).float()
     old_log_probs = _cat(batch["log_probs"], "log_probs", num_local, device).float()
-    entropy_data = entropy.detach()
-    weight_local = metric_weight(batch, per_token)
-    metrics_extra: dict[str, torch.Tensor] = {}
 
-    # ---- the high-entropy token filter -------------------------------------------------------------------
-    num_tokens: torch.Tensor | None = None
     if filt.enabled:
-        threshold_group = groups.dp_cp if filt.threshold_scope == "dp" else groups.cp
-        kept_tokens_decide_weight = per_token and filt.denominator == "kept"
-
-        def describe() -> str:
-            bad = [
-                i
-                for i, part in enumerate(entropy_data.split(lengths))
-                if part.numel() and not torch.isfinite(part).all()
-            ]
-            return (
-                f"micro-batch of {len(lengths)} samples (total_lengths={list(batch['total_lengths'])}, "
-                f"response_lengths={list(batch['response_lengths'])}); samples with non-finite entropy here: {bad} "
-                f"(check the logits: NaN/Inf usually means diverged training or a bad learning rate)"
-            )
-
-        if filt.threshold_scope == "step":
-            selection = _step_selection(batch, entropy_data, valid_tok, weight_local, groups.dp_cp, describe)
-        else:
-            selection = select_top_fraction(
-                entropy_data[valid_tok],
-                filt.keep_fraction,
-                threshold_group,
-                method=filt.selection_method,
-                extra=weight_local.reshape(1).to(device, torch.float64),
-                describe=describe,
-            )
-        kept_tok = valid_tok & (entropy_data >= selection.threshold)
-        kept_local_masks = [part.to(mask_dtype) for part in kept_tok.split(lengths)]
-        # full-response kept counts per sample (integers, like slime's mask sums, so rho = 1 is bit-exact)
-        kept_counts = _split_sums(kept_tok.to(torch.int64), lengths)
-        collectives.all_reduce_sum_(kept_counts, groups.cp)
-        if kept_tokens_decide_weight:
-            num_tokens = kept_counts.sum()
-            group_weight = selection.num_kept.double() * groups.cp_size
-            weight_local = num_tokens.double()
-        else:
-            group_weight = selection.extra_sum[0]
-        metrics_extra.update(
-            population_metrics(
-                threshold=selection.threshold,
-                num_population=selection.num_population,
-                num_kept=selection.num_kept,
-                local_entropy_sum=(entropy_data * valid_tok).double().sum(),
-                local_kept_entropy_sum=(entropy_data * kept_tok).double().sum(),
-                local_weight=weight_local.to(device),
-                group_weight=group_weight,
-                cp_size=groups.cp_size,
-            )
+        valid_tok = (
+            torch.cat(local_masks).to(device) > 0 if lengths else torch.zeros(0, dtype=torch.bool, device=device)
         )
-        if per_token or filt.denominator == "all":
-            kept_float = kept_tok.to(log_probs.dtype)
-
-            def kept_reducer(x: torch.Tensor) -> torch.Tensor:
-                return base(x * kept_float)
-
-        else:
-            kept_reducer = sample_mean_reducer(kept_local_masks, kept_counts, per_token=False)
-        # In per-token mode with kept-token normalisation Megatron divides by the kept count; terms over all valid
-        # tokens are rescaled by kept/population so each term stays a mean over its own tokens.
-        all_token_scale = (
-            (selection.num_kept.double() / selection.num_population.double().clamp_min(1)).float()
-            if kept_tokens_decide_weight
-            else None
-        )
-        weights_local_masks, weights_full = kept_local_masks, kept_counts
+        mask_dtype = local_masks[0].dtype if local_masks else torch.int64
+        tokens = _high_entropy_tokens(config, groups, batch, lengths, entropy.detach(), valid_tok, mask_dtype, base)
     else:
-        kept_reducer = base
-        all_token_scale = None
-        weights_local_masks = local_masks
-        weights_full = (
-            torch.stack([m.sum() for m in batch["loss_masks"]]).to(device, torch.float64)
-            if lengths
-            else torch.zeros(0, dtype=torch.float64, device=device)
-        )
+        tokens = _all_valid_tokens(batch, local_masks, base, device)
 
     def reduce_all(x: torch.Tensor) -> torch.Tensor:
+        """Reduce a term over all valid tokens."""
         value = base(x)
-        return value if all_token_scale is None else value * all_token_scale
+        return value if tokens.all_token_scale is None else value * tokens.all_token_scale
 
-    # ---- advantages ---------------------------------------------------------------------------------------
+    metrics_extra = dict(tokens.metrics)
     if pol.advantage_alpha > 0:
-        advantages, bonus = policy.shape_advantages(advantages, entropy_data, pol.advantage_alpha, pol.advantage_kappa)
+        advantages, bonus = policy.shape_advantages(advantages, entropy, pol.advantage_alpha, pol.advantage_kappa)
         metrics_extra["entropy_adv_bonus"] = reduce_all(bonus).detach()
 
-    # ---- the surrogate --------------------------------------------------------------------------------------
-    weight_tok = torch.cat(weights_local_masks).to(device, torch.float32) if lengths else torch.zeros(0, device=device)
-    if pol.mode == "gspo":
-        # the sequence log-ratio over the weighted (kept, or valid) tokens of the full sequence
-        numerator = collectives.differentiable_all_reduce_sum(
-            _split_sums((old_log_probs - log_probs) * weight_tok, lengths), groups.cp
-        )
-        seq_kl = numerator / weights_full.to(numerator.dtype).clamp_min(1)
-        ppo_kl = _expand(seq_kl, lengths)
-        pg_tok, clipfrac_tok = policy.clipped_surrogate(
-            ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c
-        )
-    elif pol.mode == "gmpo":
-        log_ratio_tok, clipfrac_tok = policy.gmpo_clipped_log_ratio(
-            log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high
-        )
-        sums = torch.stack(
-            [_split_sums(log_ratio_tok * weight_tok, lengths), _split_sums(advantages * weight_tok, lengths)], dim=-1
-        )
-        sums = collectives.differentiable_all_reduce_sum(sums, groups.cp)
-        denominators = weights_full.to(sums.dtype).clamp_min(1)
-        seq_loss = -(sums[:, 1] / denominators) * torch.exp(sums[:, 0] / denominators)
-        pg_tok = _expand(seq_loss, lengths)
-        ppo_kl = old_log_probs - log_probs
-    else:
-        ppo_kl = old_log_probs - log_probs
-        population = weight_tok > 0
-        if pol.mode == "ppo":
-            pg_tok, clipfrac_tok = policy.clipped_surrogate(
-                ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c
-            )
-        elif pol.mode == "gpg":
-            pg_tok, clipfrac_tok = policy.gpg_surrogate(log_probs, advantages)
-        elif pol.mode == "cispo":
-            pg_tok, clipfrac_tok = policy.cispo_surrogate(
-                log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high
-            )
-        elif pol.mode == "clip_cov":
-            pg_tok, clipfrac_tok = policy.clip_cov_surrogate(
-                log_probs,
-                old_log_probs,
-                advantages,
-                population,
-                eps_clip=pol.eps_clip,
-                eps_clip_high=pol.eps_clip_high,
-                ratio=pol.clip_cov_ratio,
-                lower_bound=pol.clip_cov_lb,
-                upper_bound=pol.clip_cov_ub,
-                generator=_clip_cov_generator(batch),
-            )
-        elif pol.mode == "kl_cov":
-            pg_tok, clipfrac_tok = policy.kl_cov_surrogate(
-                log_probs, old_log_probs, advantages, population, ratio=pol.kl_cov_ratio, coef=pol.kl_cov_coef
-            )
-        else:  # config validation makes this unreachable
-            raise AssertionError(pol.mode)
-
+    pg_tok, clipfrac_tok, ppo_kl = _surrogate(
+        config, groups, batch, lengths, log_probs, old_log_probs, advantages, tokens
+    )
     if pol.use_tis:
         rollout_log_probs = _cat(batch["rollout_log_probs"], "rollout_log_probs", num_local, device).float()
         tis_w, tis_ratio, tis_clipfrac = policy.tis_weights(
@@ -389,15 +425,13 @@ def compute_policy_loss(
         )
         pg_tok = pg_tok * tis_w
 
-    pg_loss = kept_reducer(pg_tok)
-    pg_clipfrac = reduce_all(clipfrac_tok)
-    ppo_kl_metric = reduce_all(ppo_kl)
-    entropy_loss = (kept_reducer if filt.enabled and filt.mask_entropy_loss else reduce_all)(entropy)
+    pg_loss = tokens.pg_reducer(pg_tok)
+    entropy_loss = (tokens.pg_reducer if filt.enabled and filt.mask_entropy_loss else reduce_all)(entropy)
     loss = pg_loss - pol.entropy_coef * entropy_loss
     if pol.use_kl_loss:
         ref_log_probs = _cat(batch["ref_log_probs"], "ref_log_probs", num_local, device)
         kl_tok = policy.approx_kl(log_probs, ref_log_probs, pol.kl_estimator)
-        kl_loss = (kept_reducer if filt.mask_kl_loss else reduce_all)(kl_tok)
+        kl_loss = (tokens.pg_reducer if filt.mask_kl_loss else reduce_all)(kl_tok)
         loss = loss + pol.kl_loss_coef * kl_loss
     if num_local == 0:
         loss = loss + log_probs.sum() * 0  # keep the backward path to the logits alive on token-less ranks
@@ -406,8 +440,8 @@ def compute_policy_loss(
         "loss": loss.detach().clone(),
         "pg_loss": pg_loss.detach().clone(),
         "entropy_loss": entropy_loss.detach().clone(),
-        "pg_clipfrac": pg_clipfrac.detach().clone(),
-        "ppo_kl": ppo_kl_metric.detach().clone(),
+        "pg_clipfrac": reduce_all(clipfrac_tok).detach(),
+        "ppo_kl": reduce_all(ppo_kl).detach(),
     }
     if pol.use_kl_loss:
         metrics["kl_loss"] = kl_loss.detach().clone()
@@ -416,4 +450,4 @@ def compute_policy_loss(
         metrics["ois"] = reduce_all((-ppo_kl).exp()).detach()
         metrics["tis_clipfrac"] = reduce_all(tis_clipfrac).detach()
     metrics.update(metrics_extra)
-    return PolicyLossResult(loss=loss, metrics=metrics, num_tokens=num_tokens)
+    return PolicyLossResult(loss=loss, metrics=metrics, num_tokens=tokens.num_tokens)
