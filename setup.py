@@ -20,6 +20,8 @@ ROLLOUT = [
     "math-verify[antlr4_13_2]>=0.7",
     "tqdm",
 ]
+# train.py: Ray actors and placement groups, matplotlib plots, Weights & Biases logging (--use-wandb).
+TRAINER = ["ray>=2.10", "matplotlib", "wandb"]
 
 setup(
     name="slime-entropy",
@@ -35,12 +37,13 @@ setup(
     extras_require={
         "megatron": MEGATRON,
         "rollout": ROLLOUT,
+        "trainer": MEGATRON + ROLLOUT + TRAINER,
         "parquet": ["pyarrow"],
         # CPU machines: the real stack minus the CUDA-only parts.
-        "cpu": MEGATRON + ROLLOUT,
+        "cpu": MEGATRON + ROLLOUT + TRAINER,
         # GPU clusters: add CUDA torch yourself (and SGLang for rollouts); transformer-engine needs a CUDA toolkit.
-        "gpu": MEGATRON + ROLLOUT + ["triton", "transformer-engine[pytorch]"],
-        "test": MEGATRON + ROLLOUT + ["pyarrow", "pytest>=8", "pytest-timeout", "hypothesis", "httpx"],
+        "gpu": MEGATRON + ROLLOUT + TRAINER + ["triton", "transformer-engine[pytorch]"],
+        "test": MEGATRON + ROLLOUT + TRAINER + ["pyarrow", "pytest>=8", "pytest-timeout", "hypothesis", "httpx"],
     },
     entry_points={
         "console_scripts": [

@@ -148,6 +148,7 @@ class EnginePool:
                 num_engines=config.num_engines,
                 num_gpus_per_engine=config.num_gpus_per_engine,
                 num_gpus_per_node=config.num_gpus_per_node,
+                gpu_ids=config.gpu_ids,
             )
             for placement in placements:
 

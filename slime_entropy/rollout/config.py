@@ -60,6 +60,14 @@ class EngineConfig:
     builtin_max_batch_size: int = 64
     builtin_num_threads: int | None = None
     seed: int = 42
+    seeded_sampling: bool = False
+    """Send every sample its own ``sampling_seed`` (derived from ``seed`` and the sample's index), so a sample's
+    response does not depend on batching, retries or restarts: a resumed run regenerates exactly what the
+    uninterrupted run would have. On for the built-in engine (SGLang samples deterministically only with
+    ``--enable-deterministic-inference``)."""
+    gpu_ids: tuple[int, ...] = ()
+    """Physical GPU ids of this node that launched SGLang engines may use, in order (engine ``i`` takes the ``i``-th
+    run of ``num_gpus_per_engine`` consecutive ids). Empty: ``0 .. num_gpus_per_node - 1``."""
     sglang_options: tuple[tuple[str, Any], ...] = ()
     """SGLang server options given as ``--sglang-<name>``, as ``(name, value)`` pairs."""
 
@@ -354,6 +362,7 @@ class RolloutConfig:
             builtin_max_batch_size=args.builtin_engine_max_batch_size,
             builtin_num_threads=args.builtin_engine_num_threads,
             seed=args.rollout_seed,
+            seeded_sampling=backend == "builtin",
             sglang_options=collect_passthrough(args),
         )
         if args.rollout_max_response_len is None:

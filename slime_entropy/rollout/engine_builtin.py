@@ -10,7 +10,8 @@ silently ignored):
 
 - ``POST /generate`` — ``input_ids`` or ``text`` (one prompt or a list), ``sampling_params`` (``temperature``,
   ``top_p``, ``top_k``, ``max_new_tokens``, ``stop``, ``stop_token_ids``, ``ignore_eos``, ``skip_special_tokens``,
-  ``no_stop_trim``, ``spaces_between_special_tokens``, ``n=1``), ``return_logprob``, ``rid``. Response: ``text``,
+  ``no_stop_trim``, ``spaces_between_special_tokens``, ``n=1``, ``sampling_seed``: the request's own sampling
+  generator, so its tokens do not depend on the batch it lands in), ``return_logprob``, ``rid``. Response: ``text``,
   ``output_ids``, ``meta_info`` with ``id``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``,
   ``cached_tokens``, ``weight_version``, ``e2e_latency`` and, with ``return_logprob``, ``output_token_logprobs`` as
   ``[logprob, token_id, None]`` triples.
@@ -22,6 +23,10 @@ silently ignored):
 - ``GET /health``, ``GET /health_generate``, ``GET|POST /flush_cache``, ``GET /get_model_info``,
   ``GET /get_server_info``, ``POST /abort_request`` (``rid`` or ``abort_all``), ``POST /pause_generation`` (no new
   batch starts; the running one finishes), ``POST /continue_generation``.
+- ``POST /release_memory_occupation``, ``POST /resume_memory_occupation`` (``tags``: ``weights``, ``kv_cache``; all
+  when absent) — SGLang's colocation offload. A CPU engine frees nothing, but it keeps the state and enforces it as
+  SGLang must: no generation while anything is released, no weight update while the weights are, so a trainer
+  that gets the offload order wrong fails here as it would on GPUs.
 
 Scheduling: requests are queued; a worker thread takes everything queued (up to ``--max-batch-size``; after the
 first request it keeps gathering while requests keep arriving less than 5 ms apart, for at most 50 ms) and
@@ -73,7 +78,9 @@ SUPPORTED_SAMPLING_PARAMS = {
     "presence_penalty": 0.0,
     "repetition_penalty": 1.0,
     "min_new_tokens": 0,
+    "sampling_seed": None,
 }
+MEMORY_TAGS = ("weights", "kv_cache")
 # Options accepted only at their neutral value (anything else is rejected rather than silently ignored).
 _NEUTRAL_ONLY = ("n", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens")
 
@@ -158,6 +165,7 @@ class EngineCore:
         self._worker = threading.Thread(target=self._work, name="engine-batcher", daemon=True)
         self._worker.start()
         self.weight_group = None  # set by /init_weights_update_group
+        self.released: set[str] = set()  # memory tags released by /release_memory_occupation
         self.num_batches = 0
         self.num_requests = 0
         self.generate_seconds = 0.0
@@ -309,6 +317,7 @@ def _build_request(core: EngineCore, input_ids: list[int], params: dict[str, Any
         top_k=top_k,
         stop_token_ids=frozenset(stop_ids),
         stop=stop,
+        seed=None if p["sampling_seed"] is None else int(p["sampling_seed"]),
     )
 
 
@@ -394,9 +403,39 @@ def build_app(core: EngineCore) -> FastAPI:
         core.resume()
         return {"success": True}
 
+    def _memory_tags(body: Any) -> set[str]:
+        tags = (body or {}).get("tags") if isinstance(body, dict) else None
+        tags = set(MEMORY_TAGS if tags is None else tags)
+        if not tags <= set(MEMORY_TAGS):
+            raise BadRequest(f"unknown memory tags {sorted(tags - set(MEMORY_TAGS))}; use {list(MEMORY_TAGS)}")
+        return tags
+
+    @app.post("/release_memory_occupation")
+    async def release_memory_occupation(request: Request):
+        try:
+            tags = _memory_tags(orjson.loads(await request.body() or b"{}"))
+        except (BadRequest, orjson.JSONDecodeError) as e:
+            return JSONResponse({"success": False, "message": str(e)}, status_code=400)
+        core.released |= tags
+        return {"success": True, "message": f"released {sorted(tags)}"}
+
+    @app.post("/resume_memory_occupation")
+    async def resume_memory_occupation(request: Request):
+        try:
+            tags = _memory_tags(orjson.loads(await request.body() or b"{}"))
+        except (BadRequest, orjson.JSONDecodeError) as e:
+            return JSONResponse({"success": False, "message": str(e)}, status_code=400)
+        core.released -= tags
+        return {"success": True, "message": f"resumed {sorted(tags)}"}
+
     @app.post("/update_weights_from_disk")
     async def update_weights_from_disk(request: Request):
         body = await request.json()
+        if "weights" in core.released:
+            return JSONResponse(
+                {"success": False, "message": "weights are released (/resume_memory_occupation first)"},
+                status_code=400,
+            )
         if "model_path" not in body:
             return JSONResponse({"success": False, "message": "model_path is required"}, status_code=400)
         ok, message = await asyncio.to_thread(
@@ -449,6 +488,8 @@ def build_app(core: EngineCore) -> FastAPI:
                 raise BadRequest("the request body must be a JSON object")
             if body.get("stream"):
                 raise BadRequest("stream=true is not supported by the built-in engine")
+            if core.released:
+                raise BadRequest(f"memory {sorted(core.released)} is released (/resume_memory_occupation first)")
             if body.get("top_logprobs_num"):
                 raise BadRequest("top_logprobs_num is not supported by the built-in engine")
             if "input_ids" in body and body["input_ids"] is not None:

@@ -33,16 +33,33 @@ def plan_sglang_engines(
     num_engines: int,
     num_gpus_per_engine: int,
     num_gpus_per_node: int,
+    gpu_ids: Sequence[int] = (),
 ) -> list[SGLangEnginePlacement]:
-    """Place ``num_engines`` engines of ``num_gpus_per_engine`` GPUs each on this node's GPUs, in order."""
+    """Place ``num_engines`` engines of ``num_gpus_per_engine`` GPUs each on this node's GPUs, in order.
+
+    ``gpu_ids``: the physical ids the engines may use (e.g. the rollout GPUs of a Ray placement, after the training
+    GPUs); default ``0 .. num_gpus_per_node - 1``. Each engine's ids must be consecutive (SGLang takes a base id and
+    a TP size).
+    """
+    ids = list(gpu_ids) or list(range(num_gpus_per_node))
     needed = num_engines * num_gpus_per_engine
-    if needed > num_gpus_per_node:
+    if needed > len(ids):
+        available = f"the engines' GPUs {ids}" if gpu_ids else f"--num-gpus-per-node {num_gpus_per_node}"
         raise ValueError(
-            f"{num_engines} engines x {num_gpus_per_engine} GPUs = {needed} GPUs exceed --num-gpus-per-node "
-            f"{num_gpus_per_node}; slime_entropy launches engines on the local node only (start engines on other "
-            "nodes yourself and pass --rollout-external-engine-addrs)"
+            f"{num_engines} engines x {num_gpus_per_engine} GPUs = {needed} GPUs exceed {available}; slime_entropy "
+            "launches engines on the local node only (start engines on other nodes yourself and pass "
+            "--rollout-external-engine-addrs)"
         )
-    return [SGLangEnginePlacement(i, i * num_gpus_per_engine, num_gpus_per_engine) for i in range(num_engines)]
+    placements = []
+    for i in range(num_engines):
+        own = ids[i * num_gpus_per_engine : (i + 1) * num_gpus_per_engine]
+        if own != list(range(own[0], own[0] + num_gpus_per_engine)):
+            raise ValueError(
+                f"engine {i} would get GPUs {own}, which are not consecutive; SGLang needs a base GPU id and "
+                "consecutive GPUs per engine"
+            )
+        placements.append(SGLangEnginePlacement(i, own[0], num_gpus_per_engine))
+    return placements
 
 
 def sglang_server_command(

@@ -39,6 +39,9 @@ class GenerationRequest:
     stop_token_ids: frozenset[int] = frozenset()
     """Token ids that end the response (the engine adds EOS unless ``ignore_eos``)."""
     stop: tuple[str, ...] = ()
+    seed: int | None = None
+    """Seed of this request's own sampling generator (SGLang's ``sampling_seed``): the tokens drawn then depend
+    only on the seed and the logits, not on which other requests share the batch. None: the engine's generator."""
     is_aborted: Callable[[], bool] = field(default=lambda: False)
 
 
@@ -69,8 +72,24 @@ class BatchGenerator:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def _sample(self, logits_BV: torch.Tensor, rows: list[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next token per row and its log-prob under ``log_softmax(logits / T)`` (T = 1 for greedy rows)."""
+    def _multinomial(self, probs_BV: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+        """One draw per row: from the engine's generator for the batch, or row by row where a row has its own."""
+        if all(g is None for g in generators):
+            return torch.multinomial(probs_BV, 1, generator=self.rng)
+        return torch.stack(
+            [torch.multinomial(probs_BV[r], 1, generator=g or self.rng) for r, g in enumerate(generators)]
+        )
+
+    def _sample(
+        self,
+        logits_BV: torch.Tensor,
+        rows: list[GenerationRequest],
+        generators: list[torch.Generator | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next token per row and its log-prob under ``log_softmax(logits / T)`` (T = 1 for greedy rows).
+
+        ``generators``: per row, its own generator (seeded requests) or None (the engine's)."""
+        generators = generators or [None] * len(rows)
         device = logits_BV.device
         temps = torch.tensor([r.temperature for r in rows], dtype=torch.float32, device=device)
         greedy = temps == 0
@@ -86,10 +105,10 @@ class BatchGenerator:
             ranks_V = torch.arange(vocab, device=device)
             drop_BV = (ranks_V[None, :] >= top_k[:, None]) | (mass_before_BV > top_p[:, None])
             sorted_BV = sorted_BV.masked_fill(drop_BV, float("-inf"))
-            choice_B = torch.multinomial(torch.softmax(sorted_BV, dim=-1), 1, generator=self.rng)
+            choice_B = self._multinomial(torch.softmax(sorted_BV, dim=-1), generators)
             sampled_B = order_BV.gather(-1, choice_B).squeeze(-1)
         else:
-            sampled_B = torch.multinomial(torch.softmax(scaled_BV, dim=-1), 1, generator=self.rng).squeeze(-1)
+            sampled_B = self._multinomial(torch.softmax(scaled_BV, dim=-1), generators).squeeze(-1)
         tokens_B = torch.where(greedy, logits_BV.argmax(dim=-1), sampled_B)
         return tokens_B, logprobs_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
 
@@ -122,9 +141,12 @@ class BatchGenerator:
         logits_BV, cache = self._forward(input_ids=input_ids, attention_mask=attention, position_ids=positions)
         last_pos = positions[:, -1]
 
+        generators = {
+            i: torch.Generator().manual_seed(requests[i].seed) for i in active if requests[i].seed is not None
+        }
         while active:
             rows = [requests[i] for i in active]
-            tokens_B, token_logprobs_B = self._sample(logits_BV, rows)
+            tokens_B, token_logprobs_B = self._sample(logits_BV, rows, [generators.get(i) for i in active])
             keep = []
             for row, (i, req) in enumerate(zip(active, rows, strict=True)):
                 if req.is_aborted():

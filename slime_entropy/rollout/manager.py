@@ -20,7 +20,9 @@ Dataflow of one ``generate`` call::
 
 Without a filter every finished group is kept, so one round of ``--rollout-batch-size`` prompts (the default
 ``--over-sampling-batch-size``) makes the rollout. Kept groups are returned ordered by group index, which makes
-a rollout's content independent of completion order. A progress bar counts generated samples.
+a rollout's content independent of completion order; with ``seeded_sampling`` (the built-in engine) every sample also
+carries its own ``sampling_seed``, so its tokens are independent of batching and retries, and a resumed run
+regenerates the samples of the uninterrupted one. A progress bar counts generated samples.
 
 Why one request per group (slime sends one per sample): the n samples share their prompt, so an SGLang engine
 prefills it once (radix cache) when they arrive together, and the HTTP cost per sample drops n-fold, which is what
@@ -51,9 +53,15 @@ from slime_entropy.rollout.rewards.compute import RewardComputer, scalar_reward
 from slime_entropy.rollout.rewards.pool import load_function
 from slime_entropy.rollout.sample import Sample, SampleStatus
 
-__all__ = ["RolloutManager", "RolloutResult", "apply_generate_output"]
+__all__ = ["RolloutManager", "RolloutResult", "apply_generate_output", "sampling_seed"]
 
 logger = logging.getLogger(__name__)
+
+
+def sampling_seed(rollout_seed: int, sample_index: int) -> int:
+    """The ``sampling_seed`` of one sample: a function of ``--rollout-seed`` and the sample's run-unique index only,
+    so the same sample gets the same draws after a retry, an engine restart or a resumed run."""
+    return (rollout_seed * 1_000_003 + sample_index) % (2**63 - 1)
 
 
 def apply_generate_output(sample: Sample, output: dict[str, Any]) -> None:
@@ -175,11 +183,10 @@ class RolloutManager:
         """One batched ``/generate`` request for the whole group (all samples share the prompt)."""
         max_new_tokens = self.config.sampling.max_new_tokens(len(group[0].tokens))
         assert max_new_tokens >= 1, "prompts that fill --rollout-max-context-len are dropped when loading"
-        payload = {
-            "input_ids": [sample.tokens for sample in group],
-            "sampling_params": self.config.sampling.to_sglang(max_new_tokens),
-            "return_logprob": True,
-        }
+        params = self.config.sampling.to_sglang(max_new_tokens)
+        if self.config.engine.seeded_sampling:
+            params = [{**params, "sampling_seed": sampling_seed(self.config.engine.seed, s.index)} for s in group]
+        payload = {"input_ids": [sample.tokens for sample in group], "sampling_params": params, "return_logprob": True}
         if self._group_slots is None:
             self._group_slots = asyncio.Semaphore(max(1, self.config.engine.total_concurrency // len(group)))
         async with self._group_slots:

@@ -117,6 +117,34 @@ def test_control_endpoints(builtin_engines):
     assert httpx.get(f"{url}/get_server_info", timeout=10).json()["max_batch_size"] == 16
 
 
+def test_memory_release_and_resume_are_enforced_like_sglang(builtin_engines, tokenizer):
+    url = builtin_engines.urls[0]
+    body = {"input_ids": _prompt_ids(tokenizer, "x"), "sampling_params": {"max_new_tokens": 2}}
+    assert httpx.post(f"{url}/release_memory_occupation", json={}, timeout=10).json()["success"]
+    try:
+        refused = httpx.post(f"{url}/generate", json=body, timeout=30)
+        assert refused.status_code == 400 and "released" in refused.json()["error"]["message"]
+        update = httpx.post(f"{url}/update_weights_from_disk", json={"model_path": "/nowhere"}, timeout=30)
+        assert update.status_code == 400 and "weights are released" in update.json()["message"]
+        resumed = httpx.post(f"{url}/resume_memory_occupation", json={"tags": ["weights"]}, timeout=10)
+        assert resumed.json()["success"]
+        assert httpx.post(f"{url}/generate", json=body, timeout=30).status_code == 400  # the KV cache is still out
+        bad = httpx.post(f"{url}/resume_memory_occupation", json={"tags": ["optimizer"]}, timeout=10)
+        assert bad.status_code == 400 and "unknown memory tags" in bad.json()["message"]
+    finally:
+        httpx.post(f"{url}/resume_memory_occupation", json={}, timeout=10)
+    assert httpx.post(f"{url}/generate", json=body, timeout=60).status_code == 200
+
+
+def test_sampling_seed_makes_a_request_reproducible(builtin_engines, tokenizer):
+    ids = _prompt_ids(tokenizer, "Count: 1 2 3")
+    seeded = [_payload(ids, max_new_tokens=16, sampling_seed=11) for _ in range(3)]
+    outputs = _generate_all(builtin_engines, seeded)  # concurrent: batched together and spread over both engines
+    assert len({tuple(o["output_ids"]) for o in outputs}) == 1
+    other = _generate_all(builtin_engines, [_payload(ids, max_new_tokens=16, sampling_seed=12)])[0]
+    assert other["output_ids"] != outputs[0]["output_ids"]
+
+
 def test_abort_request(builtin_engines, tokenizer):
     url = builtin_engines.urls[0]
 

@@ -17,6 +17,16 @@ def test_engines_are_placed_on_consecutive_gpus():
         plan_sglang_engines(num_engines=5, num_gpus_per_engine=2, num_gpus_per_node=8)
 
 
+def test_engines_use_the_given_gpu_ids():
+    # e.g. the rollout GPUs 4-7 of a node whose GPUs 0-3 train (disaggregated placement)
+    plan = plan_sglang_engines(num_engines=2, num_gpus_per_engine=2, num_gpus_per_node=8, gpu_ids=(4, 5, 6, 7))
+    assert [(p.base_gpu_id, p.tp_size) for p in plan] == [(4, 2), (6, 2)]
+    with pytest.raises(ValueError, match="not consecutive"):
+        plan_sglang_engines(num_engines=1, num_gpus_per_engine=2, num_gpus_per_node=8, gpu_ids=(1, 3))
+    with pytest.raises(ValueError, match=r"exceed the engines' GPUs \[4, 5\]"):
+        plan_sglang_engines(num_engines=2, num_gpus_per_engine=2, num_gpus_per_node=8, gpu_ids=(4, 5))
+
+
 def test_launch_command_line():
     placement = plan_sglang_engines(num_engines=2, num_gpus_per_engine=4, num_gpus_per_node=8)[1]
     argv = sglang_server_command(

@@ -113,3 +113,20 @@ def test_finish_reasons(model, tokenizer):
     assert results[2].finish_reason["type"] == "abort" and results[2].output_ids == []
     assert results[3].finish_reason == {"type": "length", "length": 0} and results[3].output_ids == []
     assert results[4].finish_reason == {"type": "length", "length": 5} and results[4].output_ids == greedy[:5]
+
+
+def test_a_seeded_request_draws_the_same_tokens_in_any_batch(model, tokenizer):
+    """``sampling_seed``: a row's tokens depend on its seed and logits only, not on its batch mates or its row."""
+    prompt = _ids(tokenizer, "Seeded sampling:")
+    others = [_ids(tokenizer, text) for text in ("a", "another, longer prompt that pads the batch", "x y z")]
+
+    def seeded(seed):
+        return GenerationRequest(input_ids=prompt, max_new_tokens=16, temperature=1.0, seed=seed)
+
+    alone = BatchGenerator(model, tokenizer, seed=0).generate([seeded(7)])[0]
+    batch = [GenerationRequest(input_ids=ids, max_new_tokens=5, temperature=1.0) for ids in others]
+    mixed = BatchGenerator(model, tokenizer, seed=123).generate(batch[:2] + [seeded(7)] + batch[2:])[2]
+    assert mixed.output_ids == alone.output_ids
+    assert mixed.output_logprobs == pytest.approx(alone.output_logprobs, abs=1e-5)
+    other_seed = BatchGenerator(model, tokenizer, seed=0).generate([seeded(8)])[0]
+    assert other_seed.output_ids != alone.output_ids  # the seed matters (16 tokens from a ~300-token vocabulary)

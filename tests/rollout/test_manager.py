@@ -248,3 +248,29 @@ def test_context_budget_caps_responses_and_drops_prompts_without_room(builtin_en
         budget = min(8, context - s.prompt_length)
         assert len(s.tokens) <= context and 1 <= s.response_length <= budget
         assert s.status != SampleStatus.TRUNCATED or s.response_length == budget
+
+
+def test_a_restored_data_position_regenerates_the_same_samples(builtin_engines, math_prompts):
+    """Resume contract: with the built-in engine every sample carries its own ``sampling_seed``, so a manager that
+    restores another's data position generates exactly the samples the first one generates next."""
+    args = _args(
+        builtin_engines.model_dir,
+        math_prompts,
+        "--rm-type",
+        "math",
+        "--rollout-batch-size",
+        "2",
+        "--n-samples-per-prompt",
+        "3",
+        "--rollout-shuffle",
+        "--rollout-external-engine-addrs",
+        *builtin_engines.addrs,
+    )
+    with RolloutManager.from_args(args, progress=False) as first:
+        assert first.config.engine.seeded_sampling
+        first.generate(0)
+        state = first.state_dict()
+        expected = [(s.index, s.tokens) for s in first.generate(1).samples]
+    with RolloutManager.from_args(args, progress=False) as resumed:
+        resumed.load_state_dict(state)
+        assert [(s.index, s.tokens) for s in resumed.generate(1).samples] == expected

@@ -1,0 +1,8 @@
+"""``python -m slime_entropy.analysis`` (same as ``python -m slime_entropy.analyze``)."""
+
+import sys
+
+from slime_entropy.analysis.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

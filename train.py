@@ -1,0 +1,117 @@
+"""RLVR with the high-entropy ("forking") token filter, on Ray, with slime's flags.
+
+    python train.py                                    # the built-in default task: tiny model, CPU, a few minutes
+    python train.py --hf-checkpoint M --prompt-data D ... --high-entropy-token-filter --entropy-percentile 0.2
+
+One rollout after another (slime's loop): the engines sample n responses per prompt, rewards become GRPO advantages,
+the training ranks compute the old policy's log-probs and entropies and take one optimizer step per global batch with
+the policy gradient on the top-rho tokens by entropy, a checkpoint is written, the new weights go to the engines.
+Rerunning the same command resumes from the last checkpoint (see slime_entropy/trainer/resume.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from slime_entropy.trainer.arguments import parse_args
+from slime_entropy.trainer.config import TrainerConfig
+from slime_entropy.trainer.groups import RolloutGroup, TrainGroup
+from slime_entropy.trainer.placement import create_placement
+from slime_entropy.trainer.ray_actors import quiet_known_warnings
+from slime_entropy.trainer.report import RunReport, report_finished_run
+from slime_entropy.trainer.resume import Checkpointer, RunDirectory, expected_start
+from slime_entropy.trainer.session import RaySession, TrainerFailure, was_interrupted
+from slime_entropy.trainer.weights import WeightSync
+
+
+def train(config: TrainerConfig) -> None:
+    run_dir = RunDirectory(config.run.run_dir)
+    checkpoints = Checkpointer(config.save_dir, config.load_dir, config.megatron.checkpoint.save_interval)
+    if config.run.num_rollout is not None and expected_start(config.megatron.checkpoint) >= config.run.num_rollout:
+        return report_finished_run(config)  # the checkpoint says there is nothing left to do
+    with RaySession(log_level=config.run.log_level) as session:
+        placement = session.track_placement(create_placement(config.layout))
+        rollout = RolloutGroup(config, placement, session)  # engines, prompt data, graders
+        rollout.offload()
+        num_rollout = config.run.num_rollout or rollout.num_rollout()
+        actors = TrainGroup(config, placement, session)  # Megatron ranks = one torch.distributed world
+        start = actors.setup(num_total_steps=num_rollout * config.batch.num_steps_per_rollout)  # --load resumes
+        run_dir.check_flags(config.args, resuming=start > 0)
+        run_dir.record_processes(actors, rollout)
+        run_dir.forget_after(start - 1, checkpoints.checkpointed_metrics(start - 1))  # redone work is not kept
+        checkpoints.restore(start, rollout, config.batch.rollout_batch_size)
+        weights = WeightSync(config, actors, rollout)
+        weights.push(version=start)  # the engines serve the trainer's weights, never the raw HF ones
+        report = RunReport(config, run_dir.root, num_rollout, start)
+        if config.eval.enabled and start == 0:
+            report.evaluation(-1, rollout.evaluate(-1))
+
+        for rollout_id in report.progress():
+            began = time.monotonic()
+            batch = rollout.generate(rollout_id, weight_version=str(rollout_id), with_records=config.run.save_rollouts)
+            rollout.offload()
+            actors.onload()
+            trained = actors.train(
+                rollout_id, batch, with_fields=config.run.save_rollouts, progress=report.interactive
+            )
+            metrics = report.trained(rollout_id, batch, trained)  # and the rollout dump, before the commit
+            saved = time.monotonic()
+            checkpoints.save(rollout_id, num_rollout, actors, rollout, metrics)
+            pushed = time.monotonic()
+            weights.push(version=rollout_id + 1)
+            evaluated = time.monotonic()
+            evaluation = rollout.evaluate(rollout_id) if config.eval.due(rollout_id) else {}
+            timings = {
+                "perf/save_time": pushed - saved,
+                "perf/update_weights_time": evaluated - pushed,
+                "perf/eval_time": time.monotonic() - evaluated,
+                "perf/step_time": time.monotonic() - began,
+            }
+            report.rollout(rollout_id, metrics, timings, evaluation)
+
+        report.finish()
+        rollout.close()
+        actors.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # one line per rollout, visible at once in logs and pipes too
+    quiet_known_warnings()
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.embedded:
+            from slime_entropy.trainer.embedded import prepare_embedded
+
+            prepare_embedded(args)  # the default task's tiny model gets its warm-up once, then it is cached
+        if args.dry_run:
+            from slime_entropy.launch.plan import plan_from_args
+
+            print(plan_from_args(args).render())
+            return 0
+        try:
+            config = TrainerConfig.from_args(args)
+        except ValueError as e:
+            print(f"train.py: {e}", file=sys.stderr)
+            return 2
+        train(config)
+        return 0
+    except TrainerFailure as e:
+        if not was_interrupted():
+            print(f"train.py: FAILED: {e}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        pass
+    print(
+        "train.py: interrupted; nothing half-written is left behind. Rerun the same command to resume from the last "
+        "checkpoint.",
+        file=sys.stderr,
+    )
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
