@@ -45,7 +45,8 @@ def train(config: TrainerConfig) -> None:
         weights = WeightSync(config, actors, rollout)
         weights.push(version=start)  # the engines serve the trainer's weights, never the raw HF ones
         report = RunReport(config, run_dir.root, num_rollout, start)
-        if config.eval.enabled and start == 0:
+        per_epoch = rollout.num_rollout_per_epoch()
+        if config.eval is not None and config.eval.due_before_training(start):
             report.evaluation(-1, rollout.evaluate(-1))
 
         for rollout_id in report.progress():
@@ -62,7 +63,8 @@ def train(config: TrainerConfig) -> None:
             pushed = time.monotonic()
             weights.push(version=rollout_id + 1)
             evaluated = time.monotonic()
-            evaluation = rollout.evaluate(rollout_id) if config.eval.due(rollout_id) else {}
+            due = config.eval is not None and config.eval.due_after(rollout_id, per_epoch)
+            evaluation = rollout.evaluate(rollout_id) if due else {}
             timings = {
                 "perf/save_time": pushed - saved,
                 "perf/update_weights_time": evaluated - pushed,
@@ -83,15 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.dry_run:
+            from slime_entropy.launch.plan import plan_from_args
+
+            try:
+                print(plan_from_args(args).render())
+            except ValueError as e:
+                print(f"train.py --dry-run: {e}", file=sys.stderr)
+                return 2
+            return 0
         if args.embedded:
             from slime_entropy.trainer.embedded import prepare_embedded
 
             prepare_embedded(args)  # the default task's tiny model gets its warm-up once, then it is cached
-        if args.dry_run:
-            from slime_entropy.launch.plan import plan_from_args
-
-            print(plan_from_args(args).render())
-            return 0
         try:
             config = TrainerConfig.from_args(args)
         except ValueError as e:

@@ -78,6 +78,7 @@ def main() -> int:
         "mean_reward_last5": last5,
         "gain": last5 - first5,
         "eval_heldout": evals,
+        "kept_ratio_min_max": [min(kept), max(kept)] if kept else None,
         "fresh_cache": not args.reuse_cache,
         "checks": checks,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},

@@ -86,6 +86,19 @@ class EvalConfig:
         if not self.input_key:
             raise ValueError("--eval-input-key (or --input-key) must be a non-empty field name")
 
+    # ----- schedule (slime's rule) -----
+    def due_before_training(self, start_rollout_id: int) -> bool:
+        """Before the first rollout of a fresh run (not on resume), unless ``--skip-eval-before-train``."""
+        return self.interval is not None and start_rollout_id == 0 and not self.skip_before_train
+
+    def due_after(self, rollout_id: int, num_rollout_per_epoch: int | None = None) -> bool:
+        """After rollout ``rollout_id`` (once its weights reached the engines): every ``--eval-interval`` rollouts and
+        at each epoch end."""
+        if self.interval is None:
+            return False
+        step = rollout_id + 1
+        return step % self.interval == 0 or bool(num_rollout_per_epoch and step % num_rollout_per_epoch == 0)
+
     @property
     def reported_pass_ks(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.pass_ks))) if self.pass_ks else default_pass_ks(self.n_samples_per_prompt)

@@ -218,18 +218,12 @@ class Evaluator:
         config = EvalConfig.from_args(args, training=training)
         return None if config is None else cls(config, tokenizer)
 
-    # ----- schedule (slime's rule) -----
+    # ----- schedule (slime's rule; see EvalConfig) -----
     def should_evaluate_before_training(self, start_rollout_id: int) -> bool:
-        """Before the first rollout of a fresh run (not on resume), unless ``--skip-eval-before-train``."""
-        return self.config.interval is not None and start_rollout_id == 0 and not self.config.skip_before_train
+        return self.config.due_before_training(start_rollout_id)
 
     def should_evaluate(self, rollout_id: int, num_rollout_per_epoch: int | None = None) -> bool:
-        """After rollout ``rollout_id`` (once its weights reached the engines): every ``--eval-interval`` rollouts and
-        at each epoch end."""
-        if self.config.interval is None:
-            return False
-        step = rollout_id + 1
-        return step % self.config.interval == 0 or bool(num_rollout_per_epoch and step % num_rollout_per_epoch == 0)
+        return self.config.due_after(rollout_id, num_rollout_per_epoch)
 
     # ----- evaluation -----
     def evaluate(self, engines: EnginesLike, rollout_id: int) -> dict[str, float]:

@@ -66,7 +66,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         g.add_argument(
             "--dry-run",
             action="store_true",
-            help="resolve and check every argument, print the plan (layout, batches, memory per GPU) and exit",
+            help="Resolve and check everything (layout, batch arithmetic, MODEL_ARGS vs config.json, memory per GPU), "
+            "print the plan and exit without starting anything.",
         )
     g.add_argument(
         "--plan-gpu-memory-gib",
@@ -394,6 +395,7 @@ def _split_environment(message: str, problems: list[str], warnings: list[str]) -
 
 def _trainer_checks(args: argparse.Namespace, on_gpu: bool, problems: list[str], warnings: list[str]):
     """The trainer's layout, batch, loop and evaluation checks; returns its ClusterLayout and BatchPlan (or None)."""
+    from slime_entropy.evaluation.config import EvalConfig
     from slime_entropy.trainer import config as trainer_config
 
     cluster = batch = None
@@ -443,11 +445,11 @@ def _trainer_checks(args: argparse.Namespace, on_gpu: bool, problems: list[str],
                 )
             except ValueError as err:
                 _split_environment(str(err), problems, warnings)
-    # The trainer's loop and evaluation checks (module-private there; the dry run needs the same answers).
-    for line in trainer_config._loop_problems(args):  # noqa: SLF001
+    # The trainer's loop and evaluation checks: the dry run must give the same answers.
+    for line in trainer_config.loop_problems(args):
         _split_environment(line, problems, warnings)
     try:
-        trainer_config._eval_config(args)  # noqa: SLF001
+        EvalConfig.from_args(args, training=True)
     except ValueError as err:
         _split_environment(str(err), problems, warnings)
     return cluster, batch

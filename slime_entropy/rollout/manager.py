@@ -178,6 +178,11 @@ class RolloutManager:
             len(self.data_source.dataset), self.config.groups.rollout_batch_size
         )
 
+    @property
+    def num_rollout_per_epoch(self) -> int:
+        """Rollouts that use up the prompt data once (slime evaluates at every epoch end)."""
+        return max(1, len(self.data_source.dataset) // self.config.groups.rollout_batch_size)
+
     # ----- one rollout -----
     async def _generate_group(self, group: list[Sample], bar: tqdm) -> None:
         """One batched ``/generate`` request for the whole group (all samples share the prompt)."""

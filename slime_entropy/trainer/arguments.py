@@ -113,19 +113,6 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         help="slime's reward-side KL penalty; not supported here (use --use-kl-loss --kl-loss-coef): non-zero is an "
         "error.",
     )
-    g.add_argument("--eval-interval", type=int, default=None, help="Evaluate every N rollouts (and before the first).")
-    g.add_argument(
-        "--eval-prompt-data",
-        nargs="+",
-        default=None,
-        metavar="NAME PATH",
-        help="Evaluation sets as name/path pairs: --eval-prompt-data aime aime-2024.jsonl math500 math500.jsonl. "
-        "Same --input-key/--label-key/--apply-chat-template as the training data.",
-    )
-    g.add_argument("--n-samples-per-eval-prompt", type=int, default=1, help="Responses per evaluation prompt.")
-    g.add_argument("--eval-max-response-len", type=int, default=None, help="Default: --rollout-max-response-len.")
-    g.add_argument("--eval-temperature", type=float, default=None, help="Default: --rollout-temperature (0 = greedy).")
-    g.add_argument("--eval-top-p", type=float, default=None, help="Default: --rollout-top-p.")
 
     g = parser.add_argument_group("trainer: weight updates to the engines")
     g.add_argument(
@@ -178,12 +165,6 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         default="auto",
         help="(ours) auto: online when a key is available, else offline into the run directory (wandb sync later).",
     )
-    g.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="Resolve and check everything (layout, batch arithmetic, MODEL_ARGS vs config.json, memory), print the "
-        "plan and exit without starting anything.",
-    )
 
     g = parser.add_argument_group("trainer: built-in default task (used without --hf-checkpoint and --prompt-data)")
     g.add_argument(
@@ -230,6 +211,8 @@ def _describe_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -
 
 def build_parser() -> argparse.ArgumentParser:
     """The full trainer parser, grouped for ``--help``."""
+    from slime_entropy.evaluation.arguments import add_eval_arguments
+    from slime_entropy.launch.plan import add_plan_arguments
     from slime_entropy.megatron.arguments import add_megatron_arguments
     from slime_entropy.rollout.arguments import add_rollout_arguments
 
@@ -245,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_slime_loss_arguments(parser)
     add_rollout_arguments(parser)
     add_megatron_arguments(parser)
+    add_eval_arguments(parser)
+    add_plan_arguments(parser)
     return parser
 
 

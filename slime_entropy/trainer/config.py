@@ -10,7 +10,7 @@ The checks a launch tool can reuse without building anything are plain functions
 - :func:`resolve_layout` -> :class:`ClusterLayout`: training ranks vs TP x PP x CP (and EP), GPUs per node, colocated
   vs disaggregated rollout GPUs, the weight-update transport;
 - :func:`check_cluster_resources`: the layout against what a Ray cluster offers;
-- :func:`loop_problems` and :func:`eval_config_from_args`: the loop's and evaluation's own flags.
+- :func:`loop_problems`: the loop's own flags (evaluation flags belong to ``slime_entropy.evaluation``).
 
 Each raises ``ValueError`` whose lines name the flags and the fix. :meth:`TrainerConfig.from_args` runs them together
 with the loss (``LossConfig``), rollout (``RolloutConfig``) and Megatron (``MegatronSettings``) validation and reports
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slime_entropy.evaluation.config import EvalConfig
+
 __all__ = [
     "BatchPlan",
     "ClusterLayout",
-    "EvalSet",
-    "EvalConfig",
     "WandbConfig",
     "RunConfig",
     "TrainerConfig",
@@ -38,7 +38,6 @@ __all__ = [
     "resolve_layout",
     "check_cluster_resources",
     "loop_problems",
-    "eval_config_from_args",
     "SUPPORTED_ADVANTAGE_ESTIMATORS",
 ]
 
@@ -333,30 +332,6 @@ def check_cluster_resources(layout: ClusterLayout, resources: dict[str, float]) 
 
 # ----- run, evaluation, logging -----
 @dataclass(frozen=True, kw_only=True)
-class EvalSet:
-    name: str
-    path: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalConfig:
-    interval: int | None = None
-    sets: tuple[EvalSet, ...] = ()
-    n_samples_per_prompt: int = 1
-    max_response_len: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.interval and self.sets)
-
-    def due(self, rollout_id: int) -> bool:
-        """After training rollout ``rollout_id`` (slime: every ``interval`` rollouts)."""
-        return self.enabled and (rollout_id + 1) % self.interval == 0
-
-
-@dataclass(frozen=True, kw_only=True)
 class WandbConfig:
     enabled: bool = False
     project: str = "slime_entropy"
@@ -385,7 +360,7 @@ class TrainerConfig:
     layout: ClusterLayout
     batch: BatchPlan
     run: RunConfig
-    eval: EvalConfig
+    eval: EvalConfig | None  # None without --eval-prompt-data
     wandb: WandbConfig
     megatron: Any  # MegatronSettings
     rollout: Any  # RolloutConfig
@@ -468,7 +443,7 @@ class TrainerConfig:
                     "--offload-train (implied by --colocate) needs torch_memory_saver on the GPU nodes "
                     "(pip install torch_memory_saver), or pass --no-offload-train if both fit in GPU memory"
                 )
-        evaluation = attempt(lambda: eval_config_from_args(args))
+        evaluation = attempt(lambda: EvalConfig.from_args(args, training=True))
         if problems:
             raise ValueError("\n".join(problems))
         if args.global_batch_size is None:
@@ -542,43 +517,3 @@ def loop_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
-    """``--eval-*`` flags -> :class:`EvalConfig`; raises ``ValueError`` listing every problem."""
-    problems = []
-    pairs = args.eval_prompt_data or []
-    if len(pairs) % 2:
-        problems.append(f"--eval-prompt-data takes NAME PATH pairs, got {len(pairs)} values: {pairs}")
-    sets = tuple(EvalSet(name=pairs[i], path=pairs[i + 1]) for i in range(0, len(pairs) - 1, 2))
-    for s in sets:
-        if not Path(s.path).is_file():
-            problems.append(f"--eval-prompt-data {s.name}: {s.path} does not exist")
-    if len({s.name for s in sets}) != len(sets):
-        problems.append("--eval-prompt-data names must be distinct")
-    if args.eval_interval is not None and args.eval_interval < 1:
-        problems.append(f"--eval-interval must be >= 1, got {args.eval_interval}")
-    if args.eval_interval and not sets:
-        problems.append("--eval-interval needs --eval-prompt-data NAME PATH")
-    if sets and not args.eval_interval:
-        problems.append("--eval-prompt-data needs --eval-interval N (evaluate every N rollouts)")
-    if args.n_samples_per_eval_prompt < 1:
-        problems.append(f"--n-samples-per-eval-prompt must be >= 1, got {args.n_samples_per_eval_prompt}")
-    if args.eval_max_response_len is not None and args.eval_max_response_len < 1:
-        problems.append(f"--eval-max-response-len must be >= 1, got {args.eval_max_response_len}")
-    if args.eval_temperature is not None and args.eval_temperature < 0:
-        problems.append(f"--eval-temperature must be >= 0 (0 = greedy), got {args.eval_temperature}")
-    if args.eval_top_p is not None and not 0 < args.eval_top_p <= 1:
-        problems.append(f"--eval-top-p must lie in (0, 1], got {args.eval_top_p}")
-    _raise_if(problems, "evaluation flags")
-    return EvalConfig(
-        interval=args.eval_interval,
-        sets=sets,
-        n_samples_per_prompt=args.n_samples_per_eval_prompt,
-        max_response_len=args.eval_max_response_len,
-        temperature=args.eval_temperature,
-        top_p=args.eval_top_p,
-    )
-
-
-# The names slime_entropy.launch.plan used before these became public.
-_loop_problems = loop_problems
-_eval_config = eval_config_from_args

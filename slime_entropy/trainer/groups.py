@@ -311,6 +311,9 @@ class RolloutGroup:
     def num_rollout(self) -> int:
         return self._get(self.actor.num_rollout.remote(), "counting rollouts")
 
+    def num_rollout_per_epoch(self) -> int:
+        return self._get(self.actor.num_rollout_per_epoch.remote(), "counting rollouts per epoch")
+
     def state_dict(self) -> dict:
         return self._get(self.actor.state_dict.remote(), "reading the data position")
 

@@ -18,7 +18,6 @@ in-process too.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -322,7 +321,7 @@ class RolloutWorker:
         config = replace(config, engine=engine)
         self.args = args
         self.manager = RolloutManager(config, hook_args=args, run_dir=Path(run_dir), progress=False)
-        self._eval_data: dict[str, Any] = {}
+        self._evaluator = None  # built on the first evaluation
         self._broadcast_restarts: list[int] | None = None
 
     def pid(self) -> int:
@@ -446,67 +445,16 @@ class RolloutWorker:
 
     # ----- evaluation -----
     def evaluate(self, rollout_id: int, eval_config) -> dict[str, float]:
-        """Mean reward (avg@n) per evaluation set, sampled with the evaluation settings; never trained on. Every
-        sample has its own seed (the evaluation's id and the sample's index), so a resumed run evaluates alike."""
-        from slime_entropy.rollout.manager import sampling_seed
-        from slime_entropy.rollout.rewards.compute import scalar_reward
+        """avg@n, pass@k and reward statistics per evaluation set, on the engines' current weights; never trained
+        on (``slime_entropy.evaluation.Evaluator``: per-sample seeds, so checkpoints compare on the same draws)."""
+        if self._evaluator is None:
+            from slime_entropy.evaluation import Evaluator
 
-        config = self.manager.config
-        sampling = replace(
-            config.sampling, max_response_len=eval_config.max_response_len or config.sampling.max_response_len
-        )
-        overrides = {"temperature": eval_config.temperature, "top_p": eval_config.top_p}  # 0 = greedy is allowed
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        seed = config.engine.seed + 1_000_003 * (rollout_id + 2)
-        metrics: dict[str, float] = {}
-        for eval_set in eval_config.sets:
-            groups = self._eval_groups(eval_set, eval_config.n_samples_per_prompt)
+            self._evaluator = Evaluator(eval_config, self.manager.tokenizer)
+        return self._evaluator.evaluate(self.manager, rollout_id)
 
-            def params_for(group, sampling=sampling):
-                params = {**sampling.to_sglang(sampling.max_new_tokens(len(group[0].tokens))), **overrides}
-                if not config.engine.seeded_sampling:
-                    return params
-                return [{**params, "sampling_seed": sampling_seed(seed, s.index)} for s in group]
-
-            self.manager.run(self._sample_and_score(groups, params_for))
-            samples = [s for g in groups for s in g]
-            rewards = [scalar_reward(s, config.reward.reward_key) for s in samples]
-            prefix = f"eval/{eval_set.name}"
-            metrics[prefix] = sum(rewards) / len(rewards)
-            metrics[f"{prefix}/response_lengths"] = sum(s.response_length for s in samples) / len(samples)
-            metrics[f"{prefix}/truncated"] = sum(s.status.value == "truncated" for s in samples) / len(samples)
-        return metrics
-
-    def _eval_groups(self, eval_set, n_samples_per_prompt: int) -> list:
-        """Fresh sample groups of every prompt of an evaluation set (its tokenized prompts are cached)."""
-        from slime_entropy.rollout.data import PromptDataset, RolloutDataSource, load_prompt_records
-
-        data = self.manager.config.data
-        if eval_set.name not in self._eval_data:
-            records = load_prompt_records(
-                eval_set.path, input_key=data.input_key, label_key=data.label_key, metadata_key=data.metadata_key
-            )
-            self._eval_data[eval_set.name] = PromptDataset(
-                records,
-                self.manager.tokenizer,
-                apply_chat_template=data.apply_chat_template,
-                chat_template_kwargs=data.apply_chat_template_kwargs,
-            )
-        dataset = self._eval_data[eval_set.name]
-        source = RolloutDataSource(dataset, n_samples_per_prompt=n_samples_per_prompt, shuffle=False, seed=data.seed)
-        return source.next_groups(len(dataset))
-
-    async def _sample_and_score(self, groups: list, params_for) -> None:
-        from slime_entropy.rollout.manager import apply_generate_output
-
-        async def one(group):
-            payload = {"input_ids": [s.tokens for s in group], "sampling_params": params_for(group),
-                       "return_logprob": True}  # fmt: skip
-            for sample, output in zip(group, await self.manager.pool.generate(payload), strict=True):
-                apply_generate_output(sample, output)
-            await self.manager.rewards.score_group(group)
-
-        await asyncio.gather(*(one(g) for g in groups))
+    def num_rollout_per_epoch(self) -> int:
+        return self.manager.num_rollout_per_epoch
 
     def close(self) -> None:
         self.manager.close()

@@ -203,7 +203,7 @@ def test_trainer_config_resolves_a_valid_run(model_dir, prompts, tmp_path):
     config = TrainerConfig.from_args(args, on_gpu=False)
     assert config.batch.global_batch_size == 4 and args.global_batch_size == 4  # handed to the actor through args
     assert config.layout.num_train_ranks == 1 and config.run.run_dir == tmp_path
-    assert not config.eval.enabled and config.rollout.engine.backend == "builtin"
+    assert config.eval is None and config.rollout.engine.backend == "builtin"
 
 
 # ----- placement arithmetic -----
