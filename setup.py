@@ -39,6 +39,8 @@ setup(
         "rollout": ROLLOUT,
         "trainer": MEGATRON + ROLLOUT + TRAINER,
         "parquet": ["pyarrow"],
+        # slime-entropy-analyze / -ablation figures (the HTML report itself needs nothing beyond the core).
+        "analysis": ["matplotlib"],
         # CPU machines: the real stack minus the CUDA-only parts.
         "cpu": MEGATRON + ROLLOUT + TRAINER,
         # GPU clusters: add CUDA torch yourself (and SGLang for rollouts); transformer-engine needs a CUDA toolkit.
@@ -48,6 +50,9 @@ setup(
     entry_points={
         "console_scripts": [
             "slime-entropy-convert = slime_entropy.megatron.convert:main",
+            "slime-entropy-analyze = slime_entropy.analysis.cli:main",
+            "slime-entropy-eval = slime_entropy.evaluation.cli:main",
+            "slime-entropy-ablation = slime_entropy.analysis.ablation:main",
         ],
     },
 )

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# CI stage: install Debian's slurm-wlm, munge and shellcheck (root, apt-get), then run the tests that need them:
-# the sbatch script on a private one-node Slurm cluster (tests/launch/test_slurm.py) and shellcheck over every
-# launch script (tests/launch/test_scripts.py). Here a missing Slurm or shellcheck fails the stage instead of
-# skipping. Called from .ci/run from the repository root; prints its timings. Budget: about 8 minutes.
+# The launch stage alone: install the missing Debian packages (scripts/ci/system_packages.sh; root, apt-get), then
+# run the tests that need them: the sbatch script on a private one-node Slurm cluster (tests/launch/test_slurm.py)
+# and shellcheck over every launch script (tests/launch/test_scripts.py). Here a missing Slurm or shellcheck fails
+# instead of skipping. .ci/run does the same for the whole suite; use this to check the launch side quickly.
+# Run from anywhere; prints its timings. Budget: about 8 minutes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PYTHON=${PYTHON:-python}
@@ -12,19 +13,7 @@ if [ "$(id -u)" != 0 ]; then
     echo "slurm_stage.sh: needs root (it installs packages and runs the Slurm daemons)" >&2
     exit 1
 fi
-packages=(slurm-wlm munge shellcheck iproute2)
-missing=()
-for binary in slurmctld slurmd sbatch munged shellcheck ip; do
-    if ! PATH=$PATH:/usr/sbin:/sbin command -v "$binary" >/dev/null; then
-        missing+=("$binary")
-    fi
-done
-if ((${#missing[@]})); then
-    echo "slurm_stage.sh: installing ${packages[*]} (missing: ${missing[*]})"
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 300 apt-get update -qq
-    timeout 300 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-fi
+bash scripts/ci/system_packages.sh >/dev/null
 echo "slurm_stage.sh: packages ready after $((SECONDS - stage_start)) s"
 
 test_start=$SECONDS

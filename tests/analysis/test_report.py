@@ -102,8 +102,11 @@ def _run_browser(argv, timeout=90):
     return out.decode("utf-8", errors="replace")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (Debian: apt-get install chromium)")
 def test_renders_in_headless_chromium(rollout_file, tmp_path):
+    if _chromium() is None:
+        if os.environ.get("SLIME_ENTROPY_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("SLIME_ENTROPY_REQUIRE_CHROMIUM=1 but Chromium is not installed")
+        pytest.skip("needs Chromium (Debian: apt-get install chromium)")
     samples, result = make_report(rollout_file, tmp_path / "report")
     page = result.files["html"].resolve()
     common = [
