@@ -15,8 +15,6 @@ architecture flags are optional and, when given, checked against ``config.json``
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,29 +57,15 @@ class MegatronScorer:
         except SystemExit:
             raise ValueError(f"invalid --megatron-args {list(megatron_args)} (see the message above)") from None
         self.max_tokens = max_tokens_per_micro_batch
-        self._owns_process_group = False
         cpu_shim.apply()
-        self._init_distributed()
+        from slime_entropy.megatron.groups import init_default_process_group
+
+        self._owns_process_group = init_default_process_group()
         try:
             self._build(checkpoint)
         except BaseException:
             self.close()
             raise
-
-    def _init_distributed(self) -> None:
-        if dist.is_initialized():
-            return
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            if torch.cuda.is_available():
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend)
-        else:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-        self._owns_process_group = True
 
     def _build(self, checkpoint: str) -> None:
         from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed

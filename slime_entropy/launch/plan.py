@@ -194,60 +194,6 @@ def _collect(problems: list[str], build, *a, **kw):
         return None
 
 
-def _megatron_problems(args: argparse.Namespace) -> list[str]:
-    """The hardware-independent checks of the Megatron actor's optimizer, batching and checkpoint flags."""
-    from slime_entropy.megatron.arguments import BatchingSettings, CheckpointSettings, OptimizerSettings
-
-    optimizer = OptimizerSettings(
-        lr=args.lr,
-        min_lr=args.min_lr,
-        lr_decay_style=args.lr_decay_style,
-        lr_decay_iters=args.lr_decay_iters,
-        lr_warmup_iters=args.lr_warmup_iters,
-        lr_warmup_init=args.lr_warmup_init,
-        weight_decay=args.weight_decay,
-        clip_grad=args.clip_grad,
-        adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2,
-        adam_eps=args.adam_eps,
-        use_distributed_optimizer=bool(args.use_distributed_optimizer),
-        use_precision_aware_optimizer=bool(args.use_precision_aware_optimizer),
-        optimizer_cpu_offload=bool(args.optimizer_cpu_offload),
-        overlap_cpu_optimizer_d2h_h2d=bool(args.overlap_cpu_optimizer_d2h_h2d),
-    )
-    batching = BatchingSettings(
-        micro_batch_size=args.micro_batch_size,
-        global_batch_size=args.global_batch_size,
-        use_dynamic_batch_size=bool(args.use_dynamic_batch_size),
-        max_tokens_per_gpu=args.max_tokens_per_gpu,
-        log_probs_max_tokens_per_gpu=args.log_probs_max_tokens_per_gpu,
-        pad_multiple=args.tensor_model_parallel_size * args.data_pad_size_multiplier,
-    )
-    needs_ref = bool(args.use_kl_loss) or float(getattr(args, "kl_coef", 0.0) or 0.0) != 0.0
-    checkpoint = CheckpointSettings(
-        hf_checkpoint=args.hf_checkpoint or "",
-        load=args.load,
-        save=args.save,
-        save_interval=args.save_interval,
-        ref_load=args.ref_load,
-        needs_ref_model=needs_ref,
-    )
-    problems = optimizer.problems() + batching.problems() + checkpoint.problems()
-    if args.fp16:
-        problems.append("--fp16 is not supported; use --bf16 (slime's default)")
-    if args.make_vocab_size_divisible_by < 1:
-        problems.append(f"--make-vocab-size-divisible-by must be >= 1, got {args.make_vocab_size_divisible_by}")
-    if args.moe_token_dispatcher_type != "alltoall":
-        problems.append(
-            "--moe-token-dispatcher-type allgather does not support variable sequence lengths; use alltoall"
-        )
-    if args.optimizer_cpu_offload and not args.use_distributed_optimizer:
-        problems.append(
-            "--optimizer-cpu-offload needs the distributed optimizer (drop --no-use-distributed-optimizer)"
-        )
-    return problems
-
-
 def _rollout_config(args: argparse.Namespace, problems: list[str]):
     """Validate the rollout flags (data, rewards, sampling, groups). The dry run may happen on a machine without
     SGLang or a GPU, so the engine backend is taken as the built-in one for this validation only; the engines'
@@ -458,6 +404,7 @@ def _trainer_checks(args: argparse.Namespace, on_gpu: bool, problems: list[str],
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """Resolve and check ``args`` for the machines it asks for; raise one ``ValueError`` listing every problem."""
     from slime_entropy.config import LossConfig
+    from slime_entropy.megatron.arguments import flag_problems as megatron_flag_problems
 
     problems: list[str] = []
     warnings: list[str] = []
@@ -465,7 +412,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     arch = _hf_architecture(args, problems)
     loss = _collect(problems, LossConfig.from_args, args)
     rollout = _rollout_config(args, problems)
-    problems += _megatron_problems(args)
+    problems += megatron_flag_problems(args)
     cluster, batch = _trainer_checks(args, on_gpu, problems, warnings)
 
     tp = args.tensor_model_parallel_size

@@ -226,7 +226,32 @@ class OptimizerSettings:
         p.check(0 <= self.adam_beta1 < 1, f"--adam-beta1 must lie in [0, 1), got {self.adam_beta1}")
         p.check(0 <= self.adam_beta2 < 1, f"--adam-beta2 must lie in [0, 1), got {self.adam_beta2}")
         p.check(self.adam_eps > 0, f"--adam-eps must be > 0, got {self.adam_eps}")
+        p.check(
+            not self.optimizer_cpu_offload or self.use_distributed_optimizer,
+            "--optimizer-cpu-offload needs the distributed optimizer (drop --no-use-distributed-optimizer)",
+        )
         return p.messages
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> OptimizerSettings:
+        """Read slime's optimizer flags; validation is :meth:`problems`."""
+        return cls(
+            lr=args.lr,
+            min_lr=args.min_lr,
+            lr_decay_style=args.lr_decay_style,
+            lr_decay_iters=args.lr_decay_iters,
+            lr_warmup_iters=args.lr_warmup_iters,
+            lr_warmup_init=args.lr_warmup_init,
+            weight_decay=args.weight_decay,
+            clip_grad=args.clip_grad,
+            adam_beta1=args.adam_beta1,
+            adam_beta2=args.adam_beta2,
+            adam_eps=args.adam_eps,
+            use_distributed_optimizer=bool(args.use_distributed_optimizer),
+            use_precision_aware_optimizer=bool(args.use_precision_aware_optimizer),
+            optimizer_cpu_offload=bool(args.optimizer_cpu_offload),
+            overlap_cpu_optimizer_d2h_h2d=bool(args.overlap_cpu_optimizer_d2h_h2d),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,6 +297,18 @@ class BatchingSettings:
     def log_probs_token_budget(self) -> int | None:
         return self.log_probs_max_tokens_per_gpu or self.max_tokens_per_gpu
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BatchingSettings:
+        """Read slime's batching flags; the packed stream is padded to TP x --data-pad-size-multiplier."""
+        return cls(
+            micro_batch_size=args.micro_batch_size,
+            global_batch_size=args.global_batch_size,
+            use_dynamic_batch_size=bool(args.use_dynamic_batch_size),
+            max_tokens_per_gpu=args.max_tokens_per_gpu,
+            log_probs_max_tokens_per_gpu=args.log_probs_max_tokens_per_gpu,
+            pad_multiple=args.tensor_model_parallel_size * args.data_pad_size_multiplier,
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointSettings:
@@ -303,6 +340,45 @@ class CheckpointSettings:
             "checkpoint with slime-entropy-convert hf-to-torch-dist)",
         )
         return p.messages
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> CheckpointSettings:
+        """Read slime's checkpoint flags. The reference model is needed for the KL loss or a reward KL."""
+        needs_ref = bool(getattr(args, "use_kl_loss", False)) or float(getattr(args, "kl_coef", 0.0) or 0.0) != 0.0
+        return cls(
+            hf_checkpoint=args.hf_checkpoint or "",
+            load=args.load,
+            save=args.save,
+            save_interval=args.save_interval,
+            ref_load=args.ref_load,
+            ref_ckpt_step=args.ref_ckpt_step,
+            ckpt_step=args.ckpt_step,
+            save_hf=args.save_hf,
+            no_load_optim=bool(args.no_load_optim),
+            no_load_rng=bool(args.no_load_rng),
+            finetune=bool(args.finetune),
+            needs_ref_model=needs_ref,
+        )
+
+
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """The checks of the actor's flags that need neither the model nor the hardware: optimizer, batching,
+    checkpoints, precision and MoE dispatch. Shared by the actor and ``train.py --dry-run``."""
+    p = _Problems()
+    p.messages += OptimizerSettings.from_args(args).problems()
+    p.messages += BatchingSettings.from_args(args).problems()
+    p.messages += CheckpointSettings.from_args(args).problems()
+    p.check(not args.fp16, "--fp16 is not supported; use --bf16 (slime's default)")
+    p.check(
+        args.make_vocab_size_divisible_by >= 1,
+        f"--make-vocab-size-divisible-by must be >= 1, got {args.make_vocab_size_divisible_by}",
+    )
+    p.check(
+        args.moe_token_dispatcher_type == "alltoall",
+        "--moe-token-dispatcher-type allgather does not support variable sequence lengths; use alltoall "
+        "(slime switches to it too)",
+    )
+    return p.messages
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -380,21 +456,12 @@ class MegatronSettings:
             "--sequence-parallel is not available on CPU (megatron-core's torch norms reject it without "
             "transformer-engine/apex); drop it for CPU runs",
         )
-        problems.check(not args.fp16, "--fp16 is not supported; use --bf16 (slime's default)")
         if args.vocab_size is not None:
             problems.check(args.vocab_size == arch.vocab_size, "--vocab-size must equal config.json's vocab_size")
         problems.check(
-            args.moe_token_dispatcher_type == "alltoall",
-            "--moe-token-dispatcher-type allgather does not support variable sequence lengths; use alltoall "
-            "(slime switches to it too)",
-        )
-        problems.check(
             not (args.moe_grouped_gemm and not on_gpu), "--moe-grouped-gemm needs transformer-engine on a GPU"
         )
-        problems.check(
-            args.make_vocab_size_divisible_by >= 1,
-            f"--make-vocab-size-divisible-by must be >= 1, got {args.make_vocab_size_divisible_by}",
-        )
+        problems.messages += flag_problems(args)
         bf16 = args.bf16
         if bf16 is None:
             bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
@@ -420,48 +487,9 @@ class MegatronSettings:
             accumulate_allreduce_grads_in_fp32=bool(args.accumulate_allreduce_grads_in_fp32),
             attention_softmax_in_fp32=True,
         )
-        optimizer = OptimizerSettings(
-            lr=args.lr,
-            min_lr=args.min_lr,
-            lr_decay_style=args.lr_decay_style,
-            lr_decay_iters=args.lr_decay_iters,
-            lr_warmup_iters=args.lr_warmup_iters,
-            lr_warmup_init=args.lr_warmup_init,
-            weight_decay=args.weight_decay,
-            clip_grad=args.clip_grad,
-            adam_beta1=args.adam_beta1,
-            adam_beta2=args.adam_beta2,
-            adam_eps=args.adam_eps,
-            use_distributed_optimizer=bool(args.use_distributed_optimizer),
-            use_precision_aware_optimizer=bool(args.use_precision_aware_optimizer),
-            optimizer_cpu_offload=bool(args.optimizer_cpu_offload),
-            overlap_cpu_optimizer_d2h_h2d=bool(args.overlap_cpu_optimizer_d2h_h2d),
-        )
-        batching = BatchingSettings(
-            micro_batch_size=args.micro_batch_size,
-            global_batch_size=args.global_batch_size,
-            use_dynamic_batch_size=bool(args.use_dynamic_batch_size),
-            max_tokens_per_gpu=args.max_tokens_per_gpu,
-            log_probs_max_tokens_per_gpu=args.log_probs_max_tokens_per_gpu,
-            pad_multiple=tp * args.data_pad_size_multiplier,
-        )
-        needs_ref = bool(getattr(args, "use_kl_loss", False)) or float(getattr(args, "kl_coef", 0.0) or 0.0) != 0.0
-        checkpoint = CheckpointSettings(
-            hf_checkpoint=args.hf_checkpoint,
-            load=args.load,
-            save=args.save,
-            save_interval=args.save_interval,
-            ref_load=args.ref_load,
-            ref_ckpt_step=args.ref_ckpt_step,
-            ckpt_step=args.ckpt_step,
-            save_hf=args.save_hf,
-            no_load_optim=bool(args.no_load_optim),
-            no_load_rng=bool(args.no_load_rng),
-            finetune=bool(args.finetune),
-            needs_ref_model=needs_ref,
-        )
-        for section in (optimizer, batching, checkpoint):
-            problems.messages += section.problems()
+        optimizer = OptimizerSettings.from_args(args)
+        batching = BatchingSettings.from_args(args)
+        checkpoint = CheckpointSettings.from_args(args)
         if problems.messages:
             raise ValueError("invalid Megatron actor flags:\n  - " + "\n  - ".join(problems.messages))
         settings = cls(

@@ -19,32 +19,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from slime_entropy.megatron.groups import init_default_process_group
+
 __all__ = ["main", "hf_to_torch_dist", "torch_dist_to_hf"]
 
 logger = logging.getLogger(__name__)
-
-
-def _init_distributed() -> None:
-    if dist.is_initialized():
-        return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-        return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
 def _build(args: argparse.Namespace, hf_dir: str):
@@ -115,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    _init_distributed()
+    init_default_process_group()
     try:
         out = hf_to_torch_dist(args) if args.command == "hf-to-torch-dist" else torch_dist_to_hf(args)
         if dist.get_rank() == 0:

@@ -8,6 +8,7 @@ needs beyond the loss: the pipeline group and stage flags (which ranks compute l
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,26 @@ from torch.distributed import ProcessGroup
 
 from slime_entropy import collectives
 
-__all__ = ["ActorGroups", "comm_device"]
+__all__ = ["ActorGroups", "comm_device", "init_default_process_group"]
+
+
+def init_default_process_group() -> bool:
+    """Join the default process group for a command-line tool: torchrun's (``RANK``/``WORLD_SIZE`` set; NCCL with
+    the ``LOCAL_RANK`` GPU when CUDA is present, else gloo) or a world of one on a free 127.0.0.1 port. Returns
+    False when a group already existed (the caller must then not destroy it), True when this call created it."""
+    if dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+        return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    return True
 
 
 def comm_device() -> torch.device:

@@ -93,7 +93,7 @@ def test_settings_report_every_problem_at_once(tmp_path):
         MegatronSettings.from_args(make_args([]))
     argv = ["--hf-checkpoint", str(hf), "--sequence-parallel", "--tensor-model-parallel-size", "3",
             "--use-dynamic-batch-size", "--save-interval", "2", "--use-kl-loss", "--lr", "1e-5", "--min-lr", "1e-4",
-            "--context-parallel-size", "2"]  # fmt: skip
+            "--context-parallel-size", "2", "--optimizer-cpu-offload", "--no-use-distributed-optimizer"]  # fmt: skip
     with pytest.raises(ValueError) as err:
         MegatronSettings.from_args(make_args(argv), world_size=4)
     message = str(err.value)
@@ -106,6 +106,7 @@ def test_settings_report_every_problem_at_once(tmp_path):
         "--min-lr (0.0001) must lie in [0, --lr (1e-05)]",
         "--context-parallel-size 2: context parallelism is not supported",
         "4 training ranks are not a multiple of TP x PP x CP",
+        "--optimizer-cpu-offload needs the distributed optimizer",
     ):
         assert fragment in message, (fragment, message)
     settings = MegatronSettings.from_args(make_args(["--hf-checkpoint", str(hf), "--tensor-model-parallel-size", "2"]))
