@@ -22,7 +22,7 @@ Names are imported lazily: importing the package pulls in neither torch models n
 
 from __future__ import annotations
 
-import importlib
+from slime_entropy._lazy import lazy_exports
 
 __all__ = [
     "AnalysisSample",
@@ -51,11 +51,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -19,7 +19,7 @@ Names are imported lazily, so importing this package (e.g. in an engine or gradi
 
 from __future__ import annotations
 
-import importlib
+from slime_entropy._lazy import lazy_exports
 
 __all__ = [
     "RolloutManager",
@@ -48,11 +48,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -515,5 +515,3 @@ def loop_problems(args: argparse.Namespace) -> list[str]:
         if importlib.util.find_spec("wandb") is None:
             problems.append("--use-wandb needs the wandb package (pip install wandb)")
     return problems
-
-
