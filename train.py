@@ -87,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dry_run:
             from slime_entropy.launch.plan import plan_from_args
+            from slime_entropy.trainer.embedded import planning_assets
 
             try:
-                print(plan_from_args(args).render())
+                with planning_assets(args):  # the default task's model before its first (warm-up) run
+                    print(plan_from_args(args).render())
             except ValueError as e:
                 print(f"train.py --dry-run: {e}", file=sys.stderr)
                 return 2

@@ -31,15 +31,18 @@ What ``python train.py`` then runs (every flag can be overridden on the command 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
@@ -296,6 +299,39 @@ def prepare_embedded(args, *, progress: bool = True) -> EmbeddedAssets:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("default task: warm-up done in %.0f s (final loss %.3f)", time.monotonic() - started, loss)
     return assets
+
+
+@contextlib.contextmanager
+def planning_assets(args) -> Iterator[None]:
+    """For ``--dry-run`` before the default task has ever run: the plan needs the model's config.json and the data
+    files, but the warm-up (about a minute) is training, which a dry run must not do. Writes the data and the
+    untrained tiny model (same architecture and tokenizer) to a temporary directory, points the flags that still
+    name the uncached assets at it, and removes it afterwards. A no-op for other runs and once the cache exists."""
+    assets = assets_for(args)
+    if not getattr(args, "embedded", False) or assets.complete:
+        yield
+        return
+    from slime_entropy.testing.tiny_models import build_tiny_tokenizer
+
+    with tempfile.TemporaryDirectory(prefix="slime-entropy-plan-") as tmp:
+        stand_in = EmbeddedAssets(Path(tmp))
+        spec = _spec_from_args(args)
+        _write_data(stand_in.root, spec)
+        tokenizer = build_tiny_tokenizer()
+        _build_model(spec, tokenizer).save_pretrained(stand_in.model_dir, safe_serialization=True)
+        tokenizer.save_pretrained(stand_in.model_dir)
+        logger.info("default task: not built yet; planning with its untrained model in %s (same shapes)", tmp)
+        originals = (args.hf_checkpoint, args.prompt_data, args.eval_prompt_data)
+        swap = {str(assets.model_dir): str(stand_in.model_dir), str(assets.train_data): str(stand_in.train_data),
+                str(assets.eval_data): str(stand_in.eval_data)}  # fmt: skip
+        args.hf_checkpoint = swap.get(args.hf_checkpoint, args.hf_checkpoint)
+        args.prompt_data = swap.get(args.prompt_data, args.prompt_data)
+        if args.eval_prompt_data:
+            args.eval_prompt_data = [swap.get(item, item) for item in args.eval_prompt_data]
+        try:
+            yield
+        finally:
+            args.hf_checkpoint, args.prompt_data, args.eval_prompt_data = originals
 
 
 def embedded_argv(args) -> list[str]:

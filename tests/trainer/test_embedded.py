@@ -50,3 +50,17 @@ def test_the_default_task_runs_out_of_the_box_and_a_rerun_resumes(tmp_path):
     assert "warm-up" not in again.output and "rollout 1/2 |" not in again.output
     assert "nothing to do" in again.output and "started a local Ray" not in again.output
     assert [r["rollout_id"] for r in read_metrics(run_dir) if "rollout/raw_reward" in r] == [0, 1]
+
+
+def test_dry_run_of_the_default_task_plans_without_warming_up(tmp_path, capsys):
+    """Before the first run the tiny model is not cached: the dry run plans with the untrained stand-in (same
+    architecture) and neither trains nor caches anything."""
+    import train
+
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    argv = ["--embedded-cache-dir", str(cache), "--run-dir", str(run_dir), "--dry-run"]
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "slime_entropy dry run: the plan (nothing was started)" in out
+    assert "entropy filter   ON: keep the top 0.2" in out and "verdict: fits" in out
+    assert not cache.exists() and not run_dir.exists()
