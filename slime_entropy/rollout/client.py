@@ -49,6 +49,25 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# uvicorn, which serves SGLang's API and the built-in engine, closes a connection after 5 s idle (its default). A
+# client that picks such a connection from its pool while the server is closing it fails to send its request
+# (ClientConnectionResetError: "Cannot write to closing transport"), e.g. on the weight update that follows a
+# long training step. Idle connections are therefore dropped on this side first...
+_KEEPALIVE_S = 4.0
+# ...and a request whose connection the server dropped before answering is sent once more on a new connection
+# (a loaded machine can still delay the client's clean-up past the server's timeout).
+_PEER_CLOSED = (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError)
+
+
+def _peer_closed(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it, as aiohttp wraps a failed send in a ClientOSError) is the server
+    closing the connection, rather than a refused connection or a time-out."""
+    while error is not None:
+        if isinstance(error, _PEER_CLOSED):
+            return True
+        error = error.__cause__
+    return False
+
 
 class EngineRequestError(RuntimeError):
     """The engine rejected a request (HTTP 4xx): a client or configuration bug, never retried."""
@@ -172,7 +191,9 @@ class EnginePool:
             # aiohttp rather than httpx: at 32 concurrent requests httpx's pool cost ~6 ms per request here,
             # aiohttp ~1 ms (measured against the built-in engine on a 2-core machine).
             self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.config.total_concurrency + 8),
+                connector=aiohttp.TCPConnector(
+                    limit=self.config.total_concurrency + 8, keepalive_timeout=_KEEPALIVE_S
+                ),
                 timeout=aiohttp.ClientTimeout(total=self.config.request_timeout, connect=10.0),
             )
             self._changed = asyncio.Condition()
@@ -189,13 +210,21 @@ class EnginePool:
             kwargs["headers"] = {"Content-Type": "application/json"}
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
-        try:
-            async with self._http.request(method, url, **kwargs) as response:
-                raw = await response.read()
-                status = response.status
-                is_json = response.content_type == "application/json"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise EngineTransportError(f"{method} {url}: {type(e).__name__}: {e}") from e
+        for attempt in (0, 1):
+            answered = False
+            try:
+                async with self._http.request(method, url, **kwargs) as response:
+                    answered = True
+                    raw = await response.read()
+                    status = response.status
+                    is_json = response.content_type == "application/json"
+                break
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                if attempt == 0 and not answered and _peer_closed(e):
+                    logger.debug("%s %s: the server closed the connection before answering (%r); resending", method,
+                                 url, e)  # fmt: skip
+                    continue
+                raise EngineTransportError(f"{method} {url}: {type(e).__name__}: {e}") from e
         if is_json and raw:
             try:
                 return _Answer(status, orjson.loads(raw), raw)

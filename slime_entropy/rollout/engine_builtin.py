@@ -573,6 +573,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=False,
         timeout_graceful_shutdown=2,
+        # longer than the client's idle limit (client._KEEPALIVE_S), so the client always closes first
+        timeout_keep_alive=30,
     )
     try:
         uvicorn.Server(config).run()
