@@ -228,16 +228,7 @@ def _generate(args: argparse.Namespace, tokenizer, hf_dir: str) -> list[Analysis
             max_prompt_len=min(limits) if limits else None,
         )
     )
-    sampling = SamplingConfig(
-        temperature=args.rollout_temperature,
-        top_p=args.rollout_top_p,
-        top_k=args.rollout_top_k,
-        max_response_len=args.rollout_max_response_len,
-        max_context_len=args.rollout_max_context_len,
-        stop=tuple(args.rollout_stop or ()),
-        stop_token_ids=tuple(args.rollout_stop_token_ids or ()),
-        skip_special_tokens=args.rollout_skip_special_tokens,
-    )
+    sampling = SamplingConfig.from_args(args)
     with_rewards = args.rm_type is not None or args.custom_rm_path is not None
     filled = copy.copy(args)
     filled.hf_checkpoint = hf_dir

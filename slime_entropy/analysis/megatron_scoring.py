@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from slime_entropy.analysis.records import AnalysisSample
+from slime_entropy.analysis.records import AnalysisSample, require_finite
 
 __all__ = ["MegatronScorer"]
 
@@ -124,9 +124,7 @@ class MegatronScorer:
         out = []
         for s, w in zip(samples, work, strict=True):
             out.append(s.replace(entropy=w.fields["entropy"].numpy(), log_probs=w.fields["log_probs"].numpy()))
-        bad = [s.sample_id for s in out if not np.isfinite(s.entropy).all()]
-        if bad:
-            raise ValueError(f"{self.name}: non-finite entropy in {len(bad)} response(s) (first {bad[0]})")
+        require_finite(out, self.name)
         return out
 
     def close(self) -> None:

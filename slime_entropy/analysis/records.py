@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AnalysisSample", "load_responses", "write_responses", "from_rollout_sample", "require_scored"]
+__all__ = [
+    "AnalysisSample",
+    "load_responses",
+    "write_responses",
+    "from_rollout_sample",
+    "require_scored",
+    "require_finite",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,6 +108,13 @@ def require_scored(samples: Sequence[AnalysisSample], what: str) -> None:
             f"{what} needs per-token entropies, but {len(missing)} sample(s) have none (first: {missing[0]}); "
             "give --hf-checkpoint (or --torch-dist-checkpoint) to score them"
         )
+
+
+def require_finite(samples: Sequence[AnalysisSample], scorer: str) -> None:
+    """Raise unless every per-token entropy ``scorer`` produced is finite."""
+    bad = [s.sample_id for s in samples if not np.isfinite(s.entropy).all()]
+    if bad:
+        raise ValueError(f"{scorer}: non-finite entropy in {len(bad)} response(s) (first {bad[0]})")
 
 
 def _open_text(path: Path):

@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from slime_entropy.analysis.records import AnalysisSample
+from slime_entropy.analysis.records import AnalysisSample, require_finite
 from slime_entropy.ops.logprob_entropy import default_chunk_rows, vocab_parallel_logprob_entropy
 
 __all__ = ["TransformersScorer", "resolve_dtype"]
@@ -117,9 +116,7 @@ class TransformersScorer:
             out.append(self.score_one(sample))
             if (i + 1) % 100 == 0:
                 logger.info("scored %d / %d responses with %s", i + 1, len(samples), self.name)
-        bad = [s.sample_id for s in out if not np.isfinite(s.entropy).all()]
-        if bad:
-            raise ValueError(f"{self.name}: non-finite entropy in {len(bad)} response(s) (first {bad[0]})")
+        require_finite(out, self.name)
         return out
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from slime_entropy.arguments import has_option
+from slime_entropy.config import _Problems  # one problem collector for every flag check
 from slime_entropy.megatron.architecture import HFArchitecture, check_model_args, padded_vocab_size
 from slime_entropy.megatron.model import ModelBuildConfig
 
@@ -180,15 +181,6 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--finetune", action="store_true", help="Load weights only and restart the iteration count.")
     g.add_argument("--ckpt-format", choices=("torch_dist",), default="torch_dist")
     return parser
-
-
-class _Problems:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def check(self, ok: bool, message: str) -> None:
-        if not ok:
-            self.messages.append(message)
 
 
 @dataclass(frozen=True, kw_only=True)

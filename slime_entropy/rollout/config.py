@@ -146,6 +146,20 @@ class SamplingConfig:
         if any(t < 0 for t in self.stop_token_ids):
             raise ValueError(f"--rollout-stop-token-ids must be >= 0, got {list(self.stop_token_ids)}")
 
+    @classmethod
+    def from_args(cls, args: Namespace) -> SamplingConfig:
+        """slime's ``--rollout-*`` sampling flags (``--rollout-max-response-len`` must be set)."""
+        return cls(
+            temperature=args.rollout_temperature,
+            top_p=args.rollout_top_p,
+            top_k=args.rollout_top_k,
+            max_response_len=args.rollout_max_response_len,
+            max_context_len=args.rollout_max_context_len,
+            stop=tuple(args.rollout_stop or ()),
+            stop_token_ids=tuple(args.rollout_stop_token_ids or ()),
+            skip_special_tokens=args.rollout_skip_special_tokens,
+        )
+
     def max_new_tokens(self, prompt_length: int) -> int:
         """``max_response_len``, shrunk so that prompt + response fits ``max_context_len`` (may be <= 0)."""
         if self.max_context_len is None:
@@ -369,17 +383,7 @@ class RolloutConfig:
             errors.append("--rollout-max-response-len is required (max new tokens per response)")
             sampling = None
         else:
-            sampling = build(
-                SamplingConfig,
-                temperature=args.rollout_temperature,
-                top_p=args.rollout_top_p,
-                top_k=args.rollout_top_k,
-                max_response_len=args.rollout_max_response_len,
-                max_context_len=args.rollout_max_context_len,
-                stop=tuple(args.rollout_stop or ()),
-                stop_token_ids=tuple(args.rollout_stop_token_ids or ()),
-                skip_special_tokens=args.rollout_skip_special_tokens,
-            )
+            sampling = build(SamplingConfig.from_args, args=args)
         data = build(
             DataConfig,
             prompt_data=args.prompt_data,

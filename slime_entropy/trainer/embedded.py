@@ -41,8 +41,8 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 __all__ = [
