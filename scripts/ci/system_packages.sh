@@ -35,4 +35,11 @@ if have slurmctld && have slurmd && have sbatch && have munged && have ip && [ "
 fi
 have shellcheck && echo "export SLIME_ENTROPY_REQUIRE_SHELLCHECK=1"
 have chromium && echo "export SLIME_ENTROPY_REQUIRE_CHROMIUM=1"
+# The slime / Megatron-LM source trees the compatibility tests run against (tests/slime_trees.py): beside the
+# checkout in CI; required there, skipped with a reason in a checkout without them.
+third_party=$(cd "$(dirname "$0")/../.." && pwd)/../shared/third_party
+if [ -d "$third_party/slime" ]; then
+    echo "export SLIME_ENTROPY_THIRD_PARTY=$(cd "$third_party" && pwd)"
+    echo "export SLIME_ENTROPY_REQUIRE_THIRD_PARTY=1"
+fi
 exit 0
