@@ -58,14 +58,17 @@ def test_slimes_scripts_take_parse_args_from_where_the_launcher_wraps_it(release
 @pytest.fixture
 def isolated(monkeypatch):
     """main() sets sys.argv and sys.path[0] as `python SCRIPT` would; keep the test process's own."""
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "argv", ["/somewhere/slime_entropy/slime/__main__.py"])
     monkeypatch.setattr(sys, "path", list(sys.path))
 
 
-def test_usage(isolated, capsys):
+def test_usage(isolated, capsys, monkeypatch):
     assert main(["--help"]) == 0
     assert "usage: python -m slime_entropy.slime SCRIPT" in capsys.readouterr().out
     assert main([]) == 2
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/slime-entropy-slime"])  # the console script
+    assert main(["--help"]) == 0
+    assert "usage: slime-entropy-slime SCRIPT" in capsys.readouterr().out
 
 
 def test_the_first_argument_must_be_a_script(isolated, capsys):
