@@ -43,6 +43,7 @@ OUR_LOSS_PATH = "slime_entropy.loss.policy_loss_function"
 FLAG_NAMESPACES = ("--entropy-", "--high-entropy")
 _NEAR_MISS_CUTOFF = 0.85  # difflib ratio above which an unknown flag outside the namespaces is taken for ours
 _SUGGESTION_CUTOFF = 0.6
+_TIE = 0.03  # a second suggestion only when it is about as close as the best one
 
 
 class LaunchError(ValueError):
@@ -108,7 +109,9 @@ def _unknown_flag_problems(parser: argparse.ArgumentParser, argv: Sequence[str])
 
 
 def _did_you_mean(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=2, cutoff=_SUGGESTION_CUTOFF)
+    """The closest known name, and any other about as close."""
+    scored = sorted(((difflib.SequenceMatcher(None, name, other).ratio(), other) for other in known), reverse=True)
+    close = [other for score, other in scored[:3] if score >= max(_SUGGESTION_CUTOFF, scored[0][0] - _TIE)]
     return f"did you mean {' or '.join(close)}?" if close else f"slime_entropy's flags: {', '.join(our_flags())}"
 
 
