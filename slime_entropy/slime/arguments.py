@@ -180,12 +180,13 @@ class _Call:
                 "unknown settings where slime_entropy's live (from --custom-config-path?):\n  "
                 + "\n  ".join(f"{key}: {_did_you_mean(key, sorted(dests))}" for key in strays)
             )
-        ours_selected = args.loss_type == "custom_loss" and _resolves_to_our_loss(args.custom_loss_function_path)
+        loss_type, loss_path = getattr(args, "loss_type", None), getattr(args, "custom_loss_function_path", None)
+        ours_selected = loss_type == "custom_loss" and _resolves_to_our_loss(loss_path)
         requested = list(dict.fromkeys(self.given_ours + _our_settings_changed(args)))
         if requested and not ours_selected:
-            chosen = f"--loss-type {args.loss_type}"
-            if args.loss_type == "custom_loss":
-                chosen += f" --custom-loss-function-path {args.custom_loss_function_path}"
+            chosen = f"--loss-type {loss_type}"
+            if loss_type == "custom_loss":
+                chosen += f" --custom-loss-function-path {loss_path}"
             raise LaunchError(
                 f"{', '.join(requested)}: these act through slime_entropy's loss, but this run selects {chosen}, "
                 f"which ignores them. Select ours with --loss-type custom_loss --custom-loss-function-path "
@@ -199,7 +200,7 @@ class _Call:
                 LossConfig.from_args(args)
             except ValueError as error:
                 raise LaunchError(str(error)) from error
-            logger.info("slime_entropy: loss %s selected", args.custom_loss_function_path)
+            logger.info("slime_entropy: loss %s selected", loss_path)
 
 
 def _wrap(parse_args: Callable) -> Callable:
