@@ -263,10 +263,12 @@ def test_passthrough_from_an_sglang_style_parser():
     assert collect_passthrough(parser.parse_args([]), options) == ()
 
 
-def test_curated_passthrough_list_has_the_run_script_options():
+def test_passthrough_list_has_the_run_script_options():
+    """Curated or mirrored: the options RL runs set are there, the launcher's own and SGLang's retired ones are not
+    (tests/rollout/test_sglang_contract.py checks both lists against SGLang itself)."""
     names = {o.name for o in passthrough_options()}
-    assert {"mem-fraction-static", "cuda-graph-bs", "enable-memory-saver"} <= names
-    assert not names & {"model-path", "port", "tp-size", "host"}
+    assert {"mem-fraction-static", "cuda-graph-bs-decode", "cuda-graph-max-bs-decode", "enable-memory-saver"} <= names
+    assert not names & {"model-path", "port", "tp-size", "host", "cuda-graph-bs", "cuda-graph-max-bs", "config"}
 
 
 def test_composes_with_the_other_argument_providers(tiny_model_dir, math_prompts):
