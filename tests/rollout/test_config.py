@@ -1,6 +1,7 @@
 """Flags (names and defaults as in slime), validation messages, and the --sglang-* pass-through."""
 
 import argparse
+import importlib.util
 
 import pytest
 
@@ -107,7 +108,7 @@ def test_from_args_builds_the_configs(tiny_model_dir, math_prompts):
                 "</answer>",
                 "--sglang-mem-fraction-static",
                 "0.7",
-                "--sglang-cuda-graph-bs",
+                "--sglang-cuda-graph-bs-decode",
                 "1",
                 "2",
                 "4",
@@ -127,11 +128,11 @@ def test_from_args_builds_the_configs(tiny_model_dir, math_prompts):
         "spaces_between_special_tokens": False,
         "stop": ["</answer>"],
     }
-    assert config.engine.sglang_options == (
-        ("mem-fraction-static", 0.7),
-        ("cuda-graph-bs", (1, 2, 4)),
-        ("disable-radix-cache", True),
-    )
+    assert dict(config.engine.sglang_options) == {  # in registration order: SGLang's when mirrored
+        "mem-fraction-static": 0.7,
+        "cuda-graph-bs-decode": (1, 2, 4),
+        "disable-radix-cache": True,
+    }
 
 
 def test_from_args_reports_every_problem_with_its_flag(tmp_path):
@@ -148,8 +149,9 @@ def test_from_args_reports_every_problem_with_its_flag(tmp_path):
     with pytest.raises(ValueError) as info:
         RolloutConfig.from_args(_parse(argv))
     message = str(info.value)
+    no_sglang = "--rollout-backend sglang: SGLang is not installed"
+    assert (no_sglang in message) == (importlib.util.find_spec("sglang") is None), message
     for expected in (
-        "--rollout-backend sglang: SGLang is not installed",
         "--hf-checkpoint is required",
         "--rollout-max-response-len is required",
         "--prompt-data is required",

@@ -408,6 +408,8 @@ def test_every_body_the_client_sends_is_accepted_by_sglang(monkeypatch, builtin_
         rollout.update_weights_from_disk(builtin_engines.model_dir, weight_version="3")
         rollout.run(pool.post_all("/pause_generation"), timeout=60)
         rollout.run(pool.post_all("/continue_generation"), timeout=60)
+        rollout.run(pool.post_all("/pause_generation", {"mode": "retract"}), timeout=60)
+        rollout.run(pool.post_all("/continue_generation"), timeout=60)
         rollout.run(pool.post_all("/flush_cache"), timeout=60)
         rollout.run(pool.abort_all(), timeout=60)
         broadcaster = WeightBroadcaster(
@@ -456,3 +458,39 @@ def test_sglang_answers_the_fields_the_client_reads():
         assert key in manager, key
     assert re.search(r'"text"\s*:', manager) and re.search(r'"output_ids"\s*:', manager)
     assert re.search(r'"meta_info"\s*:', manager)
+
+
+def test_builtin_engine_sampling_params_are_sglangs():
+    """Every sampling parameter the built-in engine takes is one SGLang's /generate contract knows."""
+    from slime_entropy.rollout.engine_builtin import SUPPORTED_SAMPLING_PARAMS
+
+    params = {k: v for k, v in SUPPORTED_SAMPLING_PARAMS.items() if v is not None}
+    sglang_accepts("/generate", {"input_ids": [1, 2], "sampling_params": {**params, "stop": ["x"], "sampling_seed": 3}})
+
+
+def test_builtin_engine_pauses_as_sglang(builtin_engines):
+    """``/pause_generation`` with SGLang's default mode aborts what is in flight; a mode SGLang does not know is
+    refused by both; the answers have SGLang's shape."""
+    import httpx
+    import pydantic
+
+    require_sglang()
+    url = builtin_engines.urls[0]
+    with pytest.raises(pydantic.ValidationError):
+        sglang_accepts("/pause_generation", {"mode": "later"})
+
+    async def go():
+        async with httpx.AsyncClient(timeout=120) as http:
+            body = {"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 400, "ignore_eos": True}}
+            pending = asyncio.ensure_future(http.post(f"{url}/generate", json=body))
+            await asyncio.sleep(0.5)
+            refused = await http.post(f"{url}/pause_generation", json={"mode": "later"})
+            paused = await http.post(f"{url}/pause_generation", json={})
+            out = (await pending).json()
+            resumed = await http.post(f"{url}/continue_generation", json={})
+            return refused, paused.json(), out, resumed.json()
+
+    refused, paused, out, resumed = asyncio.run(go())
+    assert refused.status_code == 400
+    assert paused == {"message": "Generation paused successfully.", "status": "ok"} and resumed["status"] == "ok"
+    assert out["meta_info"]["finish_reason"]["type"] == "abort" and len(out["output_ids"]) < 400
