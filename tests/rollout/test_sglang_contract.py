@@ -465,7 +465,9 @@ def test_builtin_engine_sampling_params_are_sglangs():
     from slime_entropy.rollout.engine_builtin import SUPPORTED_SAMPLING_PARAMS
 
     params = {k: v for k, v in SUPPORTED_SAMPLING_PARAMS.items() if v is not None}
-    sglang_accepts("/generate", {"input_ids": [1, 2], "sampling_params": {**params, "stop": ["x"], "sampling_seed": 3}})
+    sglang_accepts(
+        "/generate", {"input_ids": [1, 2], "sampling_params": {**params, "stop": ["x"], "sampling_seed": 3}}
+    )
 
 
 def test_builtin_engine_pauses_as_sglang(builtin_engines):
