@@ -77,10 +77,10 @@ REFUSED = {
 }
 # Options SGLang renamed or split: refused (the old spelling makes every engine exit at start-up) with the new names.
 RETIRED = {
-    "cuda-graph-bs": "SGLang >= 0.5.2x splits it per phase: --sglang-cuda-graph-bs-decode (the decode batch sizes, "
-    "what --cuda-graph-bs set) and --sglang-cuda-graph-bs-prefill",
-    "cuda-graph-max-bs": "SGLang >= 0.5.2x splits it per phase: --sglang-cuda-graph-max-bs-decode (what "
-    "--cuda-graph-max-bs set) and --sglang-cuda-graph-max-bs-prefill",
+    "cuda-graph-bs": "it was split per phase: use --sglang-cuda-graph-bs-decode (the decode batch sizes, what "
+    "--cuda-graph-bs set) and/or --sglang-cuda-graph-bs-prefill",
+    "cuda-graph-max-bs": "it was split per phase: use --sglang-cuda-graph-max-bs-decode (what --cuda-graph-max-bs "
+    "set) and/or --sglang-cuda-graph-max-bs-prefill",
 }
 # Slime's own --sglang-* flags (registered by the rollout arguments, not SGLang server options).
 SLIME_OWNED = frozenset({"server-concurrency", "router-ip", "router-port", "router-request-timeout-secs"})
@@ -293,7 +293,8 @@ def register_passthrough(parser: argparse.ArgumentParser, options=None) -> None:
     known = {n for o in options for n in (o.name, *o.aliases)}
     refusals = {name: f"set by the launcher for each engine; use {hint}" for name, hint in LAUNCHER_OWNED.items()}
     refusals |= REFUSED
-    refusals |= {name: f"SGLang {TESTED_SGLANG} has no --{name}; {hint}" for name, hint in RETIRED.items()}
+    release = sglang_version() if options is not _CURATED and sglang_version() else f"{TESTED_SGLANG} (tested)"
+    refusals |= {name: f"SGLang {release} has no --{name}; {hint}" for name, hint in RETIRED.items()}
     for name, message in refusals.items():
         if name not in known and f"--sglang-{name}" not in parser._option_string_actions:
             parser.add_argument(f"--sglang-{name}", action=_Refuse, message=message)
