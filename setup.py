@@ -40,7 +40,7 @@ SGLANG_CPU = [
     "packaging",
     "psutil",
     "pydantic",
-    "scipy",
+    "pyyaml",
 ]
 # train.py: Ray actors and placement groups, matplotlib plots, Weights & Biases logging (--use-wandb).
 TRAINER = ["ray>=2.10", "matplotlib", "wandb"]
