@@ -188,9 +188,18 @@ def sglang_version() -> str | None:
         return None
 
 
+def _sglang_spec():
+    """SGLang's import spec, found without running its (slow) ``__init__``; None when absent or when an
+    import-level stand-in without a spec is in ``sys.modules`` (then it is not the real package)."""
+    try:
+        return importlib.util.find_spec("sglang")
+    except ValueError:
+        return None
+
+
 def _cache_file() -> Path | None:
     """Where the option list of the installed SGLang is cached: keyed by its version and its server_args.py."""
-    spec = importlib.util.find_spec("sglang")  # finds the package without running its (slow) __init__
+    spec = _sglang_spec()
     if spec is None or not spec.submodule_search_locations:
         return None
     server_args = Path(spec.submodule_search_locations[0]) / "srt" / "server_args.py"
@@ -235,7 +244,7 @@ def read_sglang_options() -> tuple[PassthroughOption, ...]:
 @functools.cache
 def passthrough_options() -> tuple[PassthroughOption, ...]:
     """SGLang's own option list when SGLang is installed, else the curated list."""
-    if importlib.util.find_spec("sglang") is None:
+    if _sglang_spec() is None:
         return _CURATED
     cache = _cache_file()
     if cache is not None and cache.is_file():
