@@ -20,6 +20,28 @@ ROLLOUT = [
     "math-verify[antlr4_13_2]>=0.7",
     "tqdm",
 ]
+# What SGLang's ServerArgs and request classes import, minus its GPU stack: with requirements-sglang-cpu.txt
+# (installed with --no-deps) the SGLang contract tests run against the real package on CPU machines. triton
+# brings no torch or CUDA wheel.
+SGLANG_CPU = [
+    "pybase64",
+    "msgspec",
+    "pyzmq",
+    "triton",
+    "dill",
+    "sentencepiece",
+    "loguru",
+    "gguf",
+    "openai",
+    "partial-json-parser",
+    "ipython",
+    "pillow",
+    "requests",
+    "packaging",
+    "psutil",
+    "pydantic",
+    "pyyaml",
+]
 # train.py: Ray actors and placement groups, matplotlib plots, Weights & Biases logging (--use-wandb).
 TRAINER = ["ray>=2.10", "matplotlib", "wandb"]
 
@@ -45,7 +67,11 @@ setup(
         "cpu": MEGATRON + ROLLOUT + TRAINER,
         # GPU clusters: add CUDA torch yourself (and SGLang for rollouts); transformer-engine needs a CUDA toolkit.
         "gpu": MEGATRON + ROLLOUT + TRAINER + ["triton", "transformer-engine[pytorch]"],
-        "test": MEGATRON + ROLLOUT + TRAINER + ["pyarrow", "pytest>=8", "pytest-timeout", "hypothesis", "httpx"],
+        "test": MEGATRON
+        + ROLLOUT
+        + TRAINER
+        + SGLANG_CPU
+        + ["pyarrow", "pytest>=8", "pytest-timeout", "hypothesis", "httpx"],
     },
     entry_points={
         "console_scripts": [

@@ -35,6 +35,9 @@ if have slurmctld && have slurmd && have sbatch && have munged && have ip && [ "
 fi
 have shellcheck && echo "export SLIME_ENTROPY_REQUIRE_SHELLCHECK=1"
 have chromium && echo "export SLIME_ENTROPY_REQUIRE_CHROMIUM=1"
+# SGLang (without its GPU stack) is installed by the README's test command that .ci/run runs next: its contract
+# tests (tests/rollout/sglang_package.py) must not skip in CI.
+echo "export SLIME_ENTROPY_REQUIRE_SGLANG=1"
 # The slime / Megatron-LM source trees the compatibility tests run against (tests/slime_trees.py): beside the
 # checkout in CI; required there, skipped with a reason in a checkout without them.
 third_party=$(cd "$(dirname "$0")/../.." && pwd)/../shared/third_party

@@ -16,12 +16,15 @@ import logging
 
 from slime_entropy.rollout.arguments import add_rollout_arguments
 from slime_entropy.rollout.manager import RolloutManager
+from slime_entropy.rollout.sglang_options import describe_unknown
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = add_rollout_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--smoke-dp-size", type=int, default=1, help="split each rollout for this many DP ranks")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error("unrecognized arguments: " + "; ".join(describe_unknown(u) or u for u in unknown))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with RolloutManager.from_args(args) as rollout:

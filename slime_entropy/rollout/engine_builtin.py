@@ -21,8 +21,11 @@ silently ignored):
 - ``POST /init_weights_update_group``, ``POST /update_weights_from_distributed`` — the trainer-to-engine broadcast
   path, implemented with the gloo backend (see :mod:`slime_entropy.rollout.weight_sync`).
 - ``GET /health``, ``GET /health_generate``, ``GET|POST /flush_cache``, ``GET /get_model_info``,
-  ``GET /get_server_info``, ``POST /abort_request`` (``rid`` or ``abort_all``), ``POST /pause_generation`` (no new
-  batch starts; the running one finishes), ``POST /continue_generation``.
+  ``GET /get_server_info``, ``POST /abort_request`` (``rid`` or ``abort_all``), ``POST /pause_generation``
+  (``mode`` as SGLang: ``abort``, the default, ends every request in flight with ``finish_reason`` abort; with
+  ``retract`` or ``in_place`` the running batch finishes on the weights it started with, where SGLang would hold or
+  re-queue it and finish it after ``/continue_generation``, on the weights loaded meanwhile; either way no new batch
+  starts until then), ``POST /continue_generation``; both answer SGLang's ``{"message", "status"}``.
 - ``POST /release_memory_occupation``, ``POST /resume_memory_occupation`` (``tags``: ``weights``, ``kv_cache``; all
   when absent) — SGLang's colocation offload. A CPU engine frees nothing, but it keeps the state and enforces it as
   SGLang must: no generation while anything is released, no weight update while the weights are, so a trainer
@@ -81,6 +84,8 @@ SUPPORTED_SAMPLING_PARAMS = {
     "sampling_seed": None,
 }
 MEMORY_TAGS = ("weights", "kv_cache")
+# SGLang's PauseGenerationReqInput.mode values (default "abort").
+PAUSE_MODES = ("abort", "retract", "in_place")
 # Options accepted only at their neutral value (anything else is rejected rather than silently ignored).
 _NEUTRAL_ONLY = ("n", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens")
 
@@ -394,14 +399,23 @@ def build_app(core: EngineCore) -> FastAPI:
         return {"success": True, "num_aborted": num}
 
     @app.post("/pause_generation")
-    async def pause_generation():
+    async def pause_generation(request: Request):
+        try:
+            body = orjson.loads(await request.body() or b"{}")
+            mode = body.get("mode", "abort") if isinstance(body, dict) else None
+            if mode not in PAUSE_MODES:
+                raise BadRequest(f"mode must be one of {list(PAUSE_MODES)}, got {mode!r}")
+        except (BadRequest, orjson.JSONDecodeError) as e:
+            return JSONResponse({"error": {"message": str(e)}}, status_code=400)
         core.pause()
-        return {"success": True}
+        if mode == "abort":  # SGLang's default: what is in flight now ends with finish_reason abort
+            core.abort(None, abort_all=True)
+        return {"message": "Generation paused successfully.", "status": "ok"}
 
     @app.post("/continue_generation")
     async def continue_generation():
         core.resume()
-        return {"success": True}
+        return {"message": "Generation continued successfully.", "status": "ok"}
 
     def _memory_tags(body: Any) -> set[str]:
         tags = (body or {}).get("tags") if isinstance(body, dict) else None

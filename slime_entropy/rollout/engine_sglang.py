@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from slime_entropy.rollout.sglang_options import LAUNCHER_OWNED, to_cli
 
-__all__ = ["SGLangEnginePlacement", "plan_sglang_engines", "sglang_server_command"]
+if TYPE_CHECKING:
+    from slime_entropy.rollout.config import EngineConfig
+
+__all__ = ["SGLangEnginePlacement", "plan_sglang_engines", "sglang_server_command", "engines_on_gpus"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,17 @@ def plan_sglang_engines(
             )
         placements.append(SGLangEnginePlacement(i, own[0], num_gpus_per_engine))
     return placements
+
+
+def engines_on_gpus(engine: EngineConfig, gpu_ids: Sequence[int], *, memory_saver: bool) -> EngineConfig:
+    """``engine`` as the trainer launches it: on the rollout placement's physical ``gpu_ids`` (empty: the node's
+    GPUs from 0) and, when the engines must release their memory between rollouts (colocated offload, as slime),
+    with SGLang's ``--enable-memory-saver``."""
+    if gpu_ids:
+        engine = replace(engine, gpu_ids=tuple(gpu_ids))
+    if memory_saver and engine.backend == "sglang" and "enable-memory-saver" not in dict(engine.sglang_options):
+        engine = replace(engine, sglang_options=(*engine.sglang_options, ("enable-memory-saver", True)))
+    return engine
 
 
 def sglang_server_command(

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 
 from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
+from slime_entropy.rollout.sglang_options import describe_unknown
 
 __all__ = ["add_trainer_arguments", "build_parser", "parse_args", "UPDATE_WEIGHT_TRANSPORTS"]
 
@@ -202,6 +203,10 @@ def _describe_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -
     values = [u for u in unknown if not u.startswith("-")]
     lines = []
     for flag in flags:
+        sglang = describe_unknown(flag)  # an SGLang server option: the nearest names SGLang has
+        if sglang is not None:
+            lines.append(f"  {sglang}")
+            continue
         close = difflib.get_close_matches(flag, known, n=2, cutoff=0.75)
         lines.append(f"  {flag}" + (f"   (did you mean {' or '.join(close)}?)" if close else ""))
     if values and not flags:

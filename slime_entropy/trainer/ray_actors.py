@@ -308,17 +308,12 @@ class RolloutWorker:
         """``gpu_ids``: the engines' physical GPUs on this node; ``memory_saver``: launch SGLang with
         ``--enable-memory-saver`` (needed to release its memory when colocated, as slime does)."""
         from slime_entropy.rollout.config import RolloutConfig
+        from slime_entropy.rollout.engine_sglang import engines_on_gpus
         from slime_entropy.rollout.manager import RolloutManager
 
         configure_actor_logging(log_level)
         config = RolloutConfig.from_args(args)
-        engine = config.engine
-        if gpu_ids:
-            engine = replace(engine, gpu_ids=tuple(gpu_ids))
-        if memory_saver and engine.backend == "sglang":
-            if "enable-memory-saver" not in dict(engine.sglang_options):
-                engine = replace(engine, sglang_options=(*engine.sglang_options, ("enable-memory-saver", True)))
-        config = replace(config, engine=engine)
+        config = replace(config, engine=engines_on_gpus(config.engine, gpu_ids, memory_saver=memory_saver))
         self.args = args
         self.manager = RolloutManager(config, hook_args=args, run_dir=Path(run_dir), progress=False)
         self._evaluator = None  # built on the first evaluation

@@ -36,7 +36,7 @@ def test_launch_command_line():
         placement=placement,
         nccl_port=40001,
         seed=42,
-        options=(("mem-fraction-static", 0.7), ("cuda-graph-bs", (1, 2, 4, 8)), ("enable-memory-saver", True)),
+        options=(("mem-fraction-static", 0.7), ("cuda-graph-bs-decode", (1, 2, 4, 8)), ("enable-memory-saver", True)),
     )
     assert argv == [
         sys.executable,
@@ -58,7 +58,7 @@ def test_launch_command_line():
         "43",
         "--mem-fraction-static",
         "0.7",
-        "--cuda-graph-bs",
+        "--cuda-graph-bs-decode",
         "1",
         "2",
         "4",
