@@ -50,7 +50,7 @@ examples:
       --high-entropy-token-filter --entropy-percentile 0.2 ...
 
 A run directory (--run-dir) collects metrics.jsonl, plots/, rollouts/ (--save-rollouts) and logs; rerunning the
-same command resumes from the last checkpoint in --load."""
+same command resumes from the last checkpoint in --load (default: --save)."""
 
 
 def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -252,4 +252,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     else:
         args.embedded = False
+    if args.save is not None and args.load is None:
+        args.load = args.save  # a rerun resumes where the run saves (slime needs --load for that; train.py does not)
+    args.given_flags = _given_dests(parser, argv)
     return args
+
+
+def _given_dests(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
+    """The destinations of the flags the user wrote (not the defaults, nor the default task's), for rules such as
+    "this flag does nothing without that one". A frozenset, so it is not recorded in ``args.json``."""
+    given = argparse.Namespace()
+    suppressed = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in suppressed:
+            action.default = argparse.SUPPRESS
+        parser.parse_known_args(argv, given)
+    finally:
+        for action, default in suppressed:
+            action.default = default
+    return frozenset(vars(given))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,10 +71,15 @@ def _get(ref, name: str, what: str):
     try:
         return ray.get(ref)
     except ray.exceptions.RayActorError as e:
+        if e.actor_init_failed:  # an exception in the constructor: its message, never "died"; a rerun would repeat it
+            raise TrainerFailure(f"{what}: {name} failed to start: {_creation_error(str(e))}") from e
         raise TrainerFailure(f"{what}: {name} died ({_actor_error_reason(e)}); {RERUN_HINT}") from e
     except ray.exceptions.RayTaskError as e:
-        logger.error("%s: %s raised:\n%s", what, name, e)
         cause = e.cause if getattr(e, "cause", None) is not None else e
+        # a ValueError is a user's mistake whose message says what to fix; anything else is a bug, and its remote
+        # traceback is what a report needs
+        logger.log(logging.DEBUG if isinstance(cause, ValueError) else logging.ERROR, "%s: %s raised:\n%s", what,
+                   name, e)  # fmt: skip
         raise TrainerFailure(f"{what}: {name} failed: {type(cause).__name__}: {cause}") from e
     except ray.exceptions.RayError as e:  # e.g. the node died, an object was lost
         raise TrainerFailure(f"{what}: {name}: {type(e).__name__}: {str(e)[:500]}; {RERUN_HINT}") from e
@@ -86,6 +92,17 @@ def _check_alive(watch: list[tuple[str, Any]], what: str) -> None:
     ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=1.0)
     for ref in ready:
         _get(ref, pings[ref], f"while waiting for {what}")
+
+
+def _creation_error(text: str) -> str:
+    """The exception a constructor raised, from Ray's text of it (a header, the remote traceback, then the
+    exception's own lines, which may be several)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.strip().splitlines()]
+    last_frame = max((i for i, line in enumerate(lines) if line.startswith("  File ")), default=None)
+    if last_frame is None:
+        return lines[-1] if lines else text
+    tail = [line for line in lines[last_frame + 1 :] if not line.startswith("    ")]
+    return "\n".join(tail).strip() or lines[-1]
 
 
 def _actor_error_reason(error: Exception) -> str:
@@ -302,7 +319,9 @@ class RolloutGroup:
             ),
             name=self.name,
         )
-        self.pid = self._get(self.actor.pid.remote(), "starting the rollout engines", engine.startup_timeout + 300)
+        # the data, the engines and the graders start in a method, not the constructor: an exception there reaches
+        # the driver as itself (a failed constructor is an actor death whose cause Ray only has as text)
+        self.pid = self._get(self.actor.start.remote(), "starting the rollout engines", engine.startup_timeout + 300)
 
     def _get(self, ref, what: str, timeout_s: float | None = None):
         watch = self.session.others([self.name])
