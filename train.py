@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 print(f"train.py --dry-run: {e}", file=sys.stderr)
                 return 2
-            for finding in dry_run_findings(args):
-                print(finding)
+            finally:
+                for finding in dry_run_findings(args):  # where the run would resume, and what would stop it
+                    print(finding)
             return 0
         if args.embedded:
             from slime_entropy.trainer.embedded import prepare_embedded

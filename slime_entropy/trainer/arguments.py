@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
 
-__all__ = ["add_trainer_arguments", "build_parser", "parse_args", "UPDATE_WEIGHT_TRANSPORTS"]
+__all__ = ["add_trainer_arguments", "build_parser", "parse_args", "ConciseParser", "UPDATE_WEIGHT_TRANSPORTS"]
 
 UPDATE_WEIGHT_TRANSPORTS = ("auto", "disk", "broadcast")
 
@@ -182,18 +182,26 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with unknown flags reported by name (and the nearest known spelling)."""
+class ConciseParser(argparse.ArgumentParser):
+    """argparse whose errors are one short usage line and the error: the full usage of a parser with hundreds of
+    flags would scroll the one line that matters away. ``help_command``: how to see every flag."""
+
+    def __init__(self, *args, help_command: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_command = help_command or f"{self.prog} --help"
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"usage: {self.prog} [flags]   (all flags: {self.help_command})\n{self.prog}: error: {message}\n")
+
+
+class _Parser(ConciseParser):
+    """The trainer's parser: also unknown flags reported by name (and the nearest known spelling)."""
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         parsed, unknown = self.parse_known_args(args, namespace)
         if unknown:
             self.error(_describe_unknown(self, unknown))
         return parsed
-
-    def error(self, message: str):  # type: ignore[override]
-        # argparse would print the whole usage (hundreds of flags) above the one line that matters
-        self.exit(2, f"{self.prog}: error: {message}\n(all flags: python {self.prog} --help)\n")
 
 
 def _describe_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
@@ -218,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="train.py",
+        help_command="python train.py --help",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -6,7 +6,8 @@
     # every tracked actor killed, placement groups removed, Ray shut down if this session started it
 
 Failures the user should read as one message (an actor died, a call timed out, the cluster is too small) are
-``TrainerFailure``; ``train.py`` prints them without a traceback and exits 1. SIGTERM (a batch scheduler cancelling
+``TrainerFailure``; ``train.py`` prints them without a traceback and exits 1. A local Ray instance dies with the
+driver even when the driver is SIGKILLed (:mod:`slime_entropy.trainer.ray_reaper`). SIGTERM (a batch scheduler cancelling
 the job) is turned into ``KeyboardInterrupt`` so that it takes the same clean exit as Ctrl-C.
 """
 
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+
+from slime_entropy.trainer.ray_reaper import RayReaper
 
 __all__ = ["TrainerFailure", "RaySession", "package_root", "was_interrupted"]
 
@@ -52,6 +55,7 @@ class RaySession:
         self._placements: list[Any] = []
         self._previous_sigterm = None
         self._previous_sigint = None
+        self._reaper: RayReaper | None = None
 
     def __enter__(self) -> RaySession:
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
@@ -78,6 +82,7 @@ class RaySession:
                 configure_logging=True,
             )
             self.started_ray = True
+            self._reaper = RayReaper.start()  # stops this instance if the driver dies without stopping it
             logger.info("started a local Ray instance: %s", _describe_resources(ray.cluster_resources()))
         return self
 
@@ -113,6 +118,9 @@ class RaySession:
             self._placements.clear()
             if self.started_ray:
                 ray.shutdown()
+                if self._reaper is not None:
+                    self._reaper.release()
+                    self._reaper = None
         finally:
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
