@@ -136,7 +136,7 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--run-dir",
         default=None,
         help="(ours) Where metrics.jsonl, plots/, rollouts/, logs and the engines' weight copies go. Default: --save "
-        "if given, else runs/<start time>. The built-in default task uses runs/embedded.",
+        "if given, else runs/<start time> (runs/embedded for the built-in default task).",
     )
     g.add_argument(
         "--save-rollouts",

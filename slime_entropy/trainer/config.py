@@ -514,7 +514,9 @@ def loop_problems(args: argparse.Namespace) -> list[str]:
     for dest in ("kl_loss_type", "kl_loss_coef"):
         if dest in given and not args.use_kl_loss:
             flag = "--" + dest.replace("_", "-")
-            problems.append(f"{flag} has no effect without --use-kl-loss: add --use-kl-loss (and --ref-load) or drop it")
+            problems.append(
+                f"{flag} has no effect without --use-kl-loss: add --use-kl-loss (and --ref-load) or drop it"
+            )
     if args.distributed_timeout_minutes < 1:
         problems.append(f"--distributed-timeout-minutes must be >= 1, got {args.distributed_timeout_minutes}")
     if args.plot_interval < 0:

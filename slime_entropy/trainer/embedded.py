@@ -24,7 +24,8 @@ Where the model's initial competence comes from
 
 What ``python train.py`` then runs (every flag can be overridden on the command line; see :func:`embedded_argv`)
     16 prompts x 8 samples per rollout, GRPO advantages, one optimizer step per rollout (lr 1e-3), the filter on
-    at rho = 0.2, 40 rollouts, a checkpoint after every rollout in ``<run-dir>/checkpoints`` (rerunning resumes), held-out evaluation every 10
+    at rho = 0.2, 40 rollouts, a checkpoint after every rollout in ``<run-dir>/checkpoints`` (rerunning resumes),
+    held-out evaluation every 10
     rollouts, rollout dumps and plots in ``runs/embedded/``. ``benchmarks/accept_embedded_learning.py`` checks that
     the mean reward of the last 5 rollouts is clearly above the first 5.
 """
@@ -340,7 +341,7 @@ def embedded_argv(args) -> list[str]:
     ``--num-steps-per-rollout``: one step per rollout is the default, and a ``--global-batch-size`` of the user's
     must not contradict it."""
     assets = assets_for(args)
-    run_dir = args.run_dir or _default_run_dir()
+    run_dir = args.run_dir or args.save or _default_run_dir()  # as every task: the run directory defaults to --save
     checkpoints = str(Path(run_dir) / "checkpoints")
     return [
         "--hf-checkpoint", str(assets.model_dir), "--prompt-data", str(assets.train_data),

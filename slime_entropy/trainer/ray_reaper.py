@@ -5,14 +5,16 @@
     reaper.release()                 # after ray.shutdown(): the driver stopped Ray itself
 
 A local Ray instance is the driver's child processes (GCS, raylet, monitors) and theirs (the dashboard and runtime-env
-agents, the workers, and the engines our actors start). Killed by a signal it cannot catch, the driver runs no
-teardown; Ray's processes notice the lost driver only after their own timeouts, the agents a minute or two later.
+agents, the workers, and the engines and graders our actors start). Killed by a signal it cannot catch, the driver
+runs no teardown; GCS and raylet follow it at once, but the agents they leave behind notice only after their own
+timeouts (a minute or two), and by then they are orphans no process tree leads to.
 
-The reaper is a small process in a session of its own (a terminal's Ctrl-C to the driver's process group does not
-reach it) that holds the read end of a pipe whose only writer is the driver. End of file without the word "release"
-means the driver died: it then kills, with SIGKILL, each Ray process the driver had started (recorded with its start
-time, so a reused process id is never hit) together with every process below it, and exits. Joining an existing
-cluster (``RAY_ADDRESS``) starts no reaper: that cluster is not the driver's to stop.
+So the reaper, a small process in a session of its own (a terminal's Ctrl-C to the driver's process group does not
+reach it), keeps a list of every process below the driver, refreshed every :data:`SNAPSHOT_INTERVAL_S` seconds,
+each with its start time (a reused process id is never hit). It holds the read end of a pipe whose only writer is
+the driver: end of file without the word "release" means the driver died, and it kills (SIGKILL) every listed
+process still running and every process below those, then exits. Joining an existing cluster (``RAY_ADDRESS``)
+starts no reaper: that cluster is not the driver's to stop.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 __all__ = ["RayReaper"]
 
 _RELEASE = b"release\n"
+SNAPSHOT_INTERVAL_S = 1.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -33,26 +36,16 @@ class RayReaper:
         self.process, self._pipe = process, pipe
 
     @classmethod
-    def start(cls) -> RayReaper | None:
-        """Record the driver's child processes (the Ray instance ``ray.init`` just started) and start the reaper."""
-        import psutil
-
-        children = []
-        for child in psutil.Process().children():
-            try:
-                children.append(f"{child.pid}:{child.create_time()!r}")
-            except psutil.Error:
-                continue
-        if not children:
-            return None
-        read_end, write_end = os.pipe()  # both not inheritable: Ray's processes never hold the write end
+    def start(cls) -> RayReaper:
+        """Start the reaper of this (the driver's) process tree."""
+        read_end, write_end = os.pipe()  # neither end inheritable: Ray's processes never hold the write end
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "slime_entropy.trainer.ray_reaper", *children],
+                [sys.executable, "-m", "slime_entropy.trainer.ray_reaper", str(os.getpid())],
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)},
+                env={**os.environ, "PYTHONPATH": _pythonpath()},
             )
         finally:
             os.close(read_end)
@@ -71,11 +64,30 @@ class RayReaper:
             self.process.kill()
 
 
-def _kill_trees(recorded: list[tuple[int, float]]) -> int:
+def _pythonpath() -> str:
+    return os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
+
+
+def _snapshot(driver) -> dict[int, float]:
+    """Every process below the driver (but the reaper) with its start time."""
+    import psutil
+
+    found = {}
+    for process in driver.children(recursive=True):
+        if process.pid == os.getpid():
+            continue
+        try:
+            found[process.pid] = process.create_time()
+        except psutil.Error:
+            continue
+    return found
+
+
+def _kill_trees(recorded: dict[int, float]) -> int:
     import psutil
 
     victims: dict[int, psutil.Process] = {}
-    for pid, created in recorded:
+    for pid, created in recorded.items():
         try:
             root = psutil.Process(pid)
             if abs(root.create_time() - created) > 1e-3:
@@ -93,14 +105,26 @@ def _kill_trees(recorded: list[tuple[int, float]]) -> int:
     return len(victims)
 
 
-def main(argv: list[str]) -> int:
-    recorded = [(int(pid), float(created)) for pid, created in (item.split(":", 1) for item in argv)]
+def main(driver_pid: int) -> int:
+    import select
+
+    import psutil
+
+    try:
+        driver = psutil.Process(driver_pid)
+    except psutil.Error:
+        return 0
+    recorded: dict[int, float] = {}
     received = b""
     while True:
-        try:
-            chunk = os.read(0, 64)
-        except InterruptedError:
+        ready, _, _ = select.select([0], [], [], SNAPSHOT_INTERVAL_S)
+        if not ready:
+            try:
+                recorded.update(_snapshot(driver))  # keep the dead too: their children may outlive them
+            except psutil.Error:
+                pass
             continue
+        chunk = os.read(0, 64)
         if not chunk:
             break
         received += chunk
@@ -114,4 +138,4 @@ if __name__ == "__main__":
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the driver's end of the pipe decides
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(int(sys.argv[1])))

@@ -77,7 +77,8 @@ def read_data_state(path: Path) -> dict:
     try:
         state = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is damaged (not valid JSON: {getattr(e, 'msg', e)}; cut short by a crash?)") from None
+        reason = getattr(e, "msg", e)
+        raise ValueError(f"{path} is damaged (not valid JSON: {reason}; cut short by a crash?)") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} is damaged (holds a {type(state).__name__}, not the data position)")
     return state

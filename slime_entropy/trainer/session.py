@@ -7,8 +7,8 @@
 
 Failures the user should read as one message (an actor died, a call timed out, the cluster is too small) are
 ``TrainerFailure``; ``train.py`` prints them without a traceback and exits 1. A local Ray instance dies with the
-driver even when the driver is SIGKILLed (:mod:`slime_entropy.trainer.ray_reaper`). SIGTERM (a batch scheduler cancelling
-the job) is turned into ``KeyboardInterrupt`` so that it takes the same clean exit as Ctrl-C.
+driver even when the driver is SIGKILLed (see ``slime_entropy.trainer.ray_reaper``). SIGTERM (a batch scheduler
+cancelling the job) is turned into ``KeyboardInterrupt`` so that it takes the same clean exit as Ctrl-C.
 """
 
 from __future__ import annotations
@@ -118,9 +118,8 @@ class RaySession:
             self._placements.clear()
             if self.started_ray:
                 ray.shutdown()
-                if self._reaper is not None:
-                    self._reaper.release()
-                    self._reaper = None
+                self._reaper.release()
+                self._reaper = None
         finally:
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)

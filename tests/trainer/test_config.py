@@ -312,7 +312,8 @@ def test_plots_summary_line_and_learning_summary(tmp_path):
     from slime_entropy.trainer.plots import plot_run
     from slime_entropy.trainer.report import learning_summary
 
-    evaluation = {"eval/heldout": 0.3, "eval/heldout/pass@4": 0.5, "eval/time_s": 41.0, "eval/num_reward_failures": 2.0}
+    evaluation = {"eval/heldout": 0.3, "eval/heldout/pass@4": 0.5, "eval/time_s": 41.0,
+                  "eval/num_reward_failures": 2.0}  # fmt: skip
     records = [{"rollout_id": -1, **evaluation}] + [
         {
             "rollout_id": i,

@@ -145,7 +145,7 @@ def test_save_without_load_resumes_from_save_on_every_task(trainer_model, traine
 
     save = str(tmp_path / "mine")
     embedded = parse_args(["--save", save, "--embedded-cache-dir", str(tmp_path / "cache")])
-    assert embedded.embedded and embedded.save == embedded.load == save
+    assert embedded.embedded and embedded.save == embedded.load == embedded.run_dir == save
     assert "--load" not in embedded_argv(embedded) and "--num-steps-per-rollout" not in embedded_argv(embedded)
     other = parse_args(_argv(trainer_model, trainer_data, tmp_path / "run", "--save", save))
     assert other.load == save
