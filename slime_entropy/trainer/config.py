@@ -450,8 +450,6 @@ class TrainerConfig:
             raise ValueError("\n".join(problems))
         if args.global_batch_size is None:
             args.global_batch_size = batch.global_batch_size  # the actor reads it from args (slime does the same)
-        if args.num_steps_per_rollout is None:
-            args.num_steps_per_rollout = batch.num_steps_per_rollout  # recorded in args.json, resolved
         # decided once, here: the rollout worker may not see the GPUs the way the driver does
         args.rollout_backend = rollout.engine.backend
         run = RunConfig(

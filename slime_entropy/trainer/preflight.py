@@ -118,8 +118,8 @@ def resume_plan(args: argparse.Namespace) -> ResumePlan:
     plan.step = step
     plan.start = 0 if step == "release" else int(step) + 1
     if plan.start:
-        plan.notes.insert(0, f"resume: {load} holds the checkpoint of rollout {plan.start - 1}; starting at rollout "
-                             f"{plan.start}")  # fmt: skip
+        plan.notes.append(f"resume: starting at rollout {plan.start}, after the checkpoint of rollout {plan.start - 1} "
+                          f"in {load}")  # fmt: skip
     return plan
 
 
@@ -227,7 +227,7 @@ def preflight(config):
     if problems:
         raise ValueError("\n".join(problems))
     for note in plan.notes:
-        (logger.warning if plan.fallback else logger.info)("%s", note)
+        logger.log(logging.WARNING if plan.fallback else logging.INFO, "%s", note)
     return config
 
 

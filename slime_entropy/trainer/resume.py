@@ -42,9 +42,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Flags that may differ between a run and its resumption.
+# Flags that may differ between a run and its resumption. --num-steps-per-rollout: the resolved
+# --global-batch-size is recorded and compared, and with the rollout size it fixes the steps per rollout.
 RESUMABLE_CHANGES = frozenset(
     {
+        "num_steps_per_rollout",
         "num_rollout", "num_epoch", "load", "save", "run_dir", "ckpt_step", "no_load_optim", "no_load_rng",
         "save_interval", "save_hf", "save_rollouts", "plot_interval", "log_level", "dry_run", "use_wandb",
         "wandb_project", "wandb_group", "wandb_key", "wandb_mode", "distributed_timeout_minutes", "eval_interval",

@@ -199,8 +199,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_complete_one(tmp_p
         f.truncate(1000)
     plan = _plan(ckpt)
     assert (plan.step, plan.start, plan.fallback, plan.problems) == (1, 2, True, [])
-    assert "__0_0.distcp has 1000 bytes, the checkpoint's manifest says 4000" in plan.notes[-1]
-    assert "Resuming from step 1, the newest complete one" in plan.notes[-1]
+    assert "__0_0.distcp has 1000 bytes, the checkpoint's manifest says 4000" in plan.notes[0]
+    assert "Resuming from step 1, the newest complete one" in plan.notes[0]
+    assert plan.notes[1].startswith("resume: starting at rollout 2, after the checkpoint of rollout 1")
     # asked for by --ckpt-step: stop, naming the damaged step and the one to use
     plan = _plan(ckpt, ckpt_step=2)
     assert plan.problems and "--ckpt-step 2: the checkpoint is damaged" in plan.problems[0]
