@@ -262,6 +262,7 @@ class _Broken:
 
 
 @pytest.mark.multiprocess
+@pytest.mark.slow
 def test_an_error_inside_a_ray_actor_reaches_the_driver_with_its_own_message():
     """Every time, whether the actor raises in its constructor or in a method, and without the advice to rerun."""
     import ray
@@ -272,7 +273,7 @@ def test_an_error_inside_a_ray_actor_reaches_the_driver_with_its_own_message():
     ray.init(address="local", include_dashboard=False, num_cpus=1, log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=0)(_Broken)
-        for attempt in range(4):
+        for attempt in range(3):
             for fail_in_init, method, expected in (
                 (True, "start", "failed to start: ValueError: data.jsonl:7: missing key 'label'\n(set --label-key)"),
                 (False, "start", "failed: ValueError: data.jsonl:3: not valid JSON"),
