@@ -117,16 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except TrainerFailure as e:
         if not was_interrupted():
-            print(f"train.py: FAILED: {e}", file=sys.stderr)
+            print(f"train.py: FAILED: {e}" + (f"; {_rerun_hint(args)}" if e.rerun_helps else ""), file=sys.stderr)
             return 1
     except KeyboardInterrupt:
         pass
-    print(
-        "train.py: interrupted; nothing half-written is left behind. Rerun the same command to resume from the last "
-        "checkpoint.",
-        file=sys.stderr,
-    )
+    print(f"train.py: interrupted; nothing half-written is left behind. {_rerun_hint(args, capital=True)}.",
+          file=sys.stderr)  # fmt: skip
     return 130
+
+
+def _rerun_hint(args, capital: bool = False) -> str:
+    """What a rerun does: resume where the run saves, or start again when it saves nothing."""
+    if args.save is None:
+        hint = "rerun the same command to start again (without --save nothing was checkpointed)"
+    else:
+        hint = "rerun the same command to resume from the last checkpoint"
+    return hint[0].upper() + hint[1:] if capital else hint
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ __all__ = ["wait_all", "TrainGroup", "RolloutGroup", "RolloutBatch"]
 
 logger = logging.getLogger(__name__)
 
-RERUN_HINT = "rerun the same command to resume from the last checkpoint"
 # CPU processes share the cores with the other phase's processes (engines idle while ranks train, and back): OpenMP
 # threads that spin while waiting make every other process on the machine crawl (measured 10x slower steps on a
 # loaded 2-core machine), passive waiting costs nothing measurable.
@@ -53,7 +52,8 @@ def wait_all(
             late = ", ".join(names[index[r]] for r in pending)
             raise TrainerFailure(
                 f"{what}: no answer from {late} within {timeout_s:.0f} s (a hung collective or a stuck process; see "
-                f"its log above); {RERUN_HINT}"
+                "its log above)",
+                rerun_helps=True,
             )
         ready, pending = ray.wait(pending, num_returns=1, timeout=min(remaining, 2.0))
         for ref in ready:
@@ -73,7 +73,7 @@ def _get(ref, name: str, what: str):
     except ray.exceptions.RayActorError as e:
         if e.actor_init_failed:  # an exception in the constructor: its message, never "died"; a rerun would repeat it
             raise TrainerFailure(f"{what}: {name} failed to start: {_creation_error(str(e))}") from e
-        raise TrainerFailure(f"{what}: {name} died ({_actor_error_reason(e)}); {RERUN_HINT}") from e
+        raise TrainerFailure(f"{what}: {name} died ({_actor_error_reason(e)})", rerun_helps=True) from e
     except ray.exceptions.RayTaskError as e:
         cause = e.cause if getattr(e, "cause", None) is not None else e
         # a ValueError is a user's mistake whose message says what to fix; anything else is a bug, and its remote
@@ -82,7 +82,7 @@ def _get(ref, name: str, what: str):
                    name, e)  # fmt: skip
         raise TrainerFailure(f"{what}: {name} failed: {type(cause).__name__}: {cause}") from e
     except ray.exceptions.RayError as e:  # e.g. the node died, an object was lost
-        raise TrainerFailure(f"{what}: {name}: {type(e).__name__}: {str(e)[:500]}; {RERUN_HINT}") from e
+        raise TrainerFailure(f"{what}: {name}: {type(e).__name__}: {str(e)[:500]}", rerun_helps=True) from e
 
 
 def _check_alive(watch: list[tuple[str, Any]], what: str) -> None:

@@ -38,7 +38,13 @@ def was_interrupted() -> bool:
 
 
 class TrainerFailure(RuntimeError):
-    """A failure of the run that is reported as its message (what failed, and what to do)."""
+    """A failure of the run that is reported as its message (what failed, and what to do). ``rerun_helps``: the cause
+    may be passing (a process killed, a node lost, a hang), so ``train.py`` adds how a rerun continues; a mistake a
+    rerun would repeat says what to change instead."""
+
+    def __init__(self, message: str, *, rerun_helps: bool = False):
+        super().__init__(message)
+        self.rerun_helps = rerun_helps
 
 
 def package_root() -> Path:

@@ -282,7 +282,7 @@ def test_an_error_inside_a_ray_actor_reaches_the_driver_with_its_own_message():
                 actor = remote.options(max_restarts=0).remote(fail_in_init)
                 with pytest.raises(TrainerFailure) as e:
                     wait_all([getattr(actor, method).remote()], ["the worker"], what="starting", timeout_s=60)
-                assert expected in str(e.value) and "rerun" not in str(e.value), (attempt, str(e.value))
+                assert expected in str(e.value) and not e.value.rerun_helps, (attempt, str(e.value))
                 ray.kill(actor)
     finally:
         ray.shutdown()
