@@ -12,11 +12,13 @@ fsyncs them, renames the directory to ``iter_0000012`` and then replaces the tra
 leftover ``*.tmp-*`` directories are ignored by loads and removed by the next save.
 
 Verified on resume. The last file written into a checkpoint directory, before the rename, is ``manifest.json``: every
-other file's relative path and size. :func:`verify_checkpoint` checks a directory against it (a file missing, cut
-short or grown names the checkpoint as damaged) without reading the shards; the driver runs it before anything
+other file's relative path and size, and the SHA-256 of the files up to 16 MiB (the metadata, the common state).
+:func:`verify_checkpoint` checks a directory against it (a file missing, cut short, grown, or a small file changed
+names the checkpoint as damaged) without reading the shards; the driver runs it before anything
 starts and falls back to the newest complete checkpoint. Directories saved before the manifest existed are checked
 for what a complete torch_dist save always has (``metadata.json``, ``common.pt``, non-empty ``*.distcp`` shards), so
-they stay loadable. Corruption that keeps every size is left to the loader, whose error names the directory.
+they stay loadable. Corruption inside a shard that keeps its size is left to the loader, whose error names the
+directory and the ``--ckpt-step`` to resume from instead.
 
 Contents: ``model`` (megatron's sharded model state, TP/PP-reshardable; the local spec maps its norm names to TE's
 so GPU and CPU checkpoints interchange), and unless weights-only, ``optimizer`` (the distributed optimizer's
@@ -25,6 +27,7 @@ so GPU and CPU checkpoints interchange), and unless weights-only, ``optimizer`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +67,7 @@ _TMP = re.compile(r"^(iter_\d{7}|release)\.tmp-[0-9a-f]+$")
 _ITER = re.compile(r"^iter_(\d{7})$")
 MANIFEST_FILENAME = "manifest.json"
 MANIFEST_VERSION = 1
+HASHED_FILE_BYTES = 16 * 1024**2  # files up to this size (metadata, common state) also get a SHA-256 in the manifest
 
 
 class CheckpointError(ValueError):
@@ -115,12 +119,22 @@ def list_iterations(ckpt_dir: str | Path) -> list[int]:
     return sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _ITER.match(p.name)) and p.is_dir())
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _write_manifest(path: Path) -> None:
-    """Record every file of the checkpoint directory ``path`` with its size, as the directory's last file."""
+    """Record every file of the checkpoint directory ``path`` with its size, and the SHA-256 of the small ones (the
+    metadata every load reads first), as the directory's last file."""
     files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
+    hashes = {name: _sha256(path / name) for name, size in files.items() if size <= HASHED_FILE_BYTES}
     manifest = path / MANIFEST_FILENAME
     with open(manifest, "w") as f:
-        json.dump({"version": MANIFEST_VERSION, "files": files}, f, indent=1, sort_keys=True)
+        json.dump({"version": MANIFEST_VERSION, "files": files, "sha256": hashes}, f, indent=1, sort_keys=True)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
@@ -135,7 +149,8 @@ def verify_checkpoint(path: str | Path) -> str | None:
     manifest = path / MANIFEST_FILENAME
     if manifest.is_file():
         try:
-            files = json.loads(manifest.read_text())["files"]
+            recorded = json.loads(manifest.read_text())
+            files, hashes = recorded["files"], recorded.get("sha256", {})
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
             return f"{manifest} is unreadable"
         for name, size in sorted(files.items()):
@@ -145,6 +160,8 @@ def verify_checkpoint(path: str | Path) -> str | None:
             actual = f.stat().st_size
             if actual != size:
                 return f"{f} has {actual} bytes, the checkpoint's manifest says {size}"
+            if name in hashes and _sha256(f) != hashes[name]:
+                return f"{f} differs from the checkpoint's manifest (SHA-256)"
         return None
     if not (path / "metadata.json").is_file():
         return f"{path} has no metadata.json (a crashed save, or not a torch_dist checkpoint)"

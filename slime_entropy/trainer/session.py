@@ -68,6 +68,9 @@ class RaySession:
         self._previous_sigint = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
+        # The driver fetches every result it needs (wait_all) and reports the first failure as one message; when all
+        # ranks raise the same error, Ray would print the remote traceback of every result left unfetched on top.
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
         if ray.is_initialized():
             logger.info("using the already initialised Ray connection")
             return self

@@ -202,6 +202,11 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_complete_one(tmp_p
     assert "__0_0.distcp has 1000 bytes, the checkpoint's manifest says 4000" in plan.notes[0]
     assert "Resuming from step 1, the newest complete one" in plan.notes[0]
     assert plan.notes[1].startswith("resume: starting at rollout 2, after the checkpoint of rollout 1")
+    # a small file changed in place (same size): its hash says so
+    common = ckpt / "iter_0000001" / "common.pt"
+    common.write_bytes(b"d" * 100)
+    assert verify_checkpoint(ckpt / "iter_0000001") == f"{common} differs from the checkpoint's manifest (SHA-256)"
+    common.write_bytes(b"c" * 100)
     # asked for by --ckpt-step: stop, naming the damaged step and the one to use
     plan = _plan(ckpt, ckpt_step=2)
     assert plan.problems and "--ckpt-step 2: the checkpoint is damaged" in plan.problems[0]
