@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from slime_entropy.launch.plan import plan_from_args
             from slime_entropy.trainer.embedded import planning_assets
-
             from slime_entropy.trainer.preflight import dry_run_findings
 
             try:

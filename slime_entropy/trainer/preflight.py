@@ -35,7 +35,9 @@ __all__ = ["MAX_CHECKED_ROWS", "ResumePlan", "resume_plan", "check_inputs", "pre
 logger = logging.getLogger(__name__)
 
 MAX_CHECKED_ROWS = 1_000_000
-"""Rows of a data file the driver checks before starting (about 10 s for a million short rows)."""
+"""Rows of a data file the driver checks before starting. A million rows of 136 bytes (136 MB) took 15-21 s on a
+loaded 2-core machine, half the rollout worker's full load of the same file (measured with
+``check_prompt_records`` / ``load_prompt_records`` on a generated file)."""
 
 
 @dataclass

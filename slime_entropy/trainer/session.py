@@ -126,9 +126,11 @@ class RaySession:
                 placement.remove()
             self._placements.clear()
             if self.started_ray:
-                ray.shutdown()
-                self._reaper.release()
-                self._reaper = None
+                try:
+                    ray.shutdown()
+                finally:
+                    self._reaper.release()
+                    self._reaper = None
         finally:
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
