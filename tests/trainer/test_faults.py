@@ -267,7 +267,6 @@ class _Broken:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.slow
 def test_an_error_inside_a_ray_actor_reaches_the_driver_with_its_own_message():
     """Every time, whether the actor raises in its constructor or in a method, and without the advice to rerun."""
     import ray
