@@ -6,7 +6,8 @@
 One rollout after another (slime's loop): the engines sample n responses per prompt, rewards become GRPO advantages,
 the training ranks compute the old policy's log-probs and entropies and take one optimizer step per global batch with
 the policy gradient on the top-rho tokens by entropy, a checkpoint is written, the new weights go to the engines.
-Rerunning the same command resumes from the last checkpoint (see slime_entropy/trainer/resume.py).
+Rerunning the same command resumes from the last checkpoint (see slime_entropy/trainer/resume.py); the data, the model
+and the checkpoint are checked before anything starts (slime_entropy/trainer/preflight.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from slime_entropy.trainer.arguments import parse_args
 from slime_entropy.trainer.config import TrainerConfig
 from slime_entropy.trainer.groups import RolloutGroup, TrainGroup
 from slime_entropy.trainer.placement import create_placement
+from slime_entropy.trainer.preflight import preflight
 from slime_entropy.trainer.ray_actors import quiet_known_warnings
 from slime_entropy.trainer.report import RunReport, report_finished_run
 from slime_entropy.trainer.resume import Checkpointer, RunDirectory, expected_start
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from slime_entropy.launch.plan import plan_from_args
             from slime_entropy.trainer.embedded import planning_assets
+            from slime_entropy.trainer.preflight import dry_run_findings
 
             try:
                 with planning_assets(args):  # the default task's model before its first (warm-up) run
@@ -95,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 print(f"train.py --dry-run: {e}", file=sys.stderr)
                 return 2
+            finally:
+                for finding in dry_run_findings(args):  # where the run would resume, and what would stop it
+                    print(finding)
             return 0
         if args.embedded:
             from slime_entropy.trainer.embedded import prepare_embedded
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_embedded(args)  # the default task's tiny model gets its warm-up once, then it is cached
         try:
             config = TrainerConfig.from_args(args)
+            config = preflight(config)  # data, model, checkpoint: before Ray or any process starts
         except ValueError as e:
             print(f"train.py: {e}", file=sys.stderr)
             return 2
@@ -109,16 +116,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except TrainerFailure as e:
         if not was_interrupted():
-            print(f"train.py: FAILED: {e}", file=sys.stderr)
+            print(f"train.py: FAILED: {e}" + (f"; {_rerun_hint(args)}" if e.rerun_helps else ""), file=sys.stderr)
             return 1
     except KeyboardInterrupt:
         pass
-    print(
-        "train.py: interrupted; nothing half-written is left behind. Rerun the same command to resume from the last "
-        "checkpoint.",
-        file=sys.stderr,
-    )
+    print(f"train.py: interrupted; nothing half-written is left behind. {_rerun_hint(args, capital=True)}.",
+          file=sys.stderr)  # fmt: skip
     return 130
+
+
+def _rerun_hint(args, capital: bool = False) -> str:
+    """What a rerun does: resume where the run saves, or start again when it saves nothing."""
+    if args.save is None:
+        hint = "rerun the same command to start again (without --save nothing was checkpointed)"
+    else:
+        hint = "rerun the same command to resume from the last checkpoint"
+    return hint[0].upper() + hint[1:] if capital else hint
 
 
 if __name__ == "__main__":

@@ -228,7 +228,9 @@ def collect(runs: Sequence[AblationRun]) -> None:
 
 def _eval_key(runs: Sequence[AblationRun]) -> str | None:
     """The first held-out evaluation metric (``eval/<name>``) the runs logged."""
-    keys = sorted({k for r in runs for k in r.series if k.startswith("eval/") and k.count("/") == 1})
+    from slime_entropy.trainer.metrics import is_eval_score
+
+    keys = sorted({k for r in runs for k in r.series if is_eval_score(k)})
     return keys[0] if keys else None
 
 

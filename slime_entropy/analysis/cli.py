@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     from slime_entropy.analysis.statistics import SCOPES
     from slime_entropy.rollout.arguments import add_rollout_arguments
 
-    parser = argparse.ArgumentParser(
+    from slime_entropy.trainer.arguments import ConciseParser
+
+    parser = ConciseParser(
         prog="python -m slime_entropy.analyze",
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),

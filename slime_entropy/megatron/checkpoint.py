@@ -11,6 +11,15 @@ fsyncs them, renames the directory to ``iter_0000012`` and then replaces the tra
 ``os.replace``). A crash at any point leaves the previous ``iter_*`` directory and the tracker pointing at it;
 leftover ``*.tmp-*`` directories are ignored by loads and removed by the next save.
 
+Verified on resume. The last file written into a checkpoint directory, before the rename, is ``manifest.json``: every
+other file's relative path and size, and the SHA-256 of the files up to 16 MiB (the metadata, the common state).
+:func:`verify_checkpoint` checks a directory against it (a file missing, cut short, grown, or a small file changed
+names the checkpoint as damaged) without reading the shards; the driver runs it before anything
+starts and falls back to the newest complete checkpoint. Directories saved before the manifest existed are checked
+for what a complete torch_dist save always has (``metadata.json``, ``common.pt``, non-empty ``*.distcp`` shards), so
+they stay loadable. Corruption inside a shard that keeps its size is left to the loader, whose error names the
+directory and the ``--ckpt-step`` to resume from instead.
+
 Contents: ``model`` (megatron's sharded model state, TP/PP-reshardable; the local spec maps its norm names to TE's
 so GPU and CPU checkpoints interchange), and unless weights-only, ``optimizer`` (the distributed optimizer's
 ``dp_reshardable`` format), ``opt_param_scheduler``, ``iteration`` and per-rank RNG states.
@@ -18,6 +27,8 @@ so GPU and CPU checkpoints interchange), and unless weights-only, ``optimizer`` 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -39,6 +50,9 @@ __all__ = [
     "checkpoint_path",
     "save_checkpoint",
     "load_checkpoint",
+    "MANIFEST_FILENAME",
+    "verify_checkpoint",
+    "list_iterations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +64,10 @@ CHECKPOINT_VERSION = 3.0
 # (flattened ShardedTensors); resuming the optimizer under a different TP/PP layout needs --no-load-optim.
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 _TMP = re.compile(r"^(iter_\d{7}|release)\.tmp-[0-9a-f]+$")
+_ITER = re.compile(r"^iter_(\d{7})$")
+MANIFEST_FILENAME = "manifest.json"
+MANIFEST_VERSION = 1
+HASHED_FILE_BYTES = 16 * 1024**2  # files up to this size (metadata, common state) also get a SHA-256 in the manifest
 
 
 class CheckpointError(ValueError):
@@ -91,6 +109,71 @@ def checkpoint_path(ckpt_dir: str | Path, step: int | None = None) -> tuple[Path
             "step, or fix the tracker file"
         )
     return path, iteration
+
+
+def list_iterations(ckpt_dir: str | Path) -> list[int]:
+    """The iterations with an ``iter_*`` directory in ``ckpt_dir`` (crashed ``*.tmp-*`` saves excluded), ascending."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _ITER.match(p.name)) and p.is_dir())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(path: Path) -> None:
+    """Record every file of the checkpoint directory ``path`` with its size, and the SHA-256 of the small ones (the
+    metadata every load reads first), as the directory's last file."""
+    files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
+    hashes = {name: _sha256(path / name) for name, size in files.items() if size <= HASHED_FILE_BYTES}
+    manifest = path / MANIFEST_FILENAME
+    with open(manifest, "w") as f:
+        json.dump({"version": MANIFEST_VERSION, "files": files, "sha256": hashes}, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """Why the checkpoint directory ``path`` is not complete, or None when it is (see the module doc: against its
+    manifest, or for older saves against what every torch_dist save holds). Reads sizes only, never the shards."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"{path} does not exist"
+    manifest = path / MANIFEST_FILENAME
+    if manifest.is_file():
+        try:
+            recorded = json.loads(manifest.read_text())
+            files, hashes = recorded["files"], recorded.get("sha256", {})
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            return f"{manifest} is unreadable"
+        for name, size in sorted(files.items()):
+            f = path / name
+            if not f.is_file():
+                return f"{f} is missing"
+            actual = f.stat().st_size
+            if actual != size:
+                return f"{f} has {actual} bytes, the checkpoint's manifest says {size}"
+            if name in hashes and _sha256(f) != hashes[name]:
+                return f"{f} differs from the checkpoint's manifest (SHA-256)"
+        return None
+    if not (path / "metadata.json").is_file():
+        return f"{path} has no metadata.json (a crashed save, or not a torch_dist checkpoint)"
+    if not (path / "common.pt").is_file():
+        return f"{path / 'common.pt'} is missing"
+    shards = sorted(path.glob("*.distcp"))
+    if not shards:
+        return f"{path} holds no *.distcp shards"
+    empty = [s for s in shards if s.stat().st_size == 0]
+    if empty:
+        return f"{empty[0]} is empty"
+    return None
 
 
 def _rng_state_object() -> ShardedObject:
@@ -216,6 +299,7 @@ def save_checkpoint(
     groups.barrier()
     if groups.global_rank == 0:
         _fsync_tree(tmp)
+        _write_manifest(tmp)  # last: a directory with a manifest that matches it is complete
         old = None
         if final.exists():
             old = ckpt_dir / f"{final.name}.tmp-{os.urandom(6).hex()}"
@@ -258,9 +342,11 @@ def load_checkpoint(
     try:
         loaded = dist_checkpointing.load(state, str(path))
     except (Exception, DcpCheckpointException) as err:  # noqa: BLE001 - every failure here means "cannot load"
+        older = [i for i in list_iterations(path.parent) if path.name != iteration_dirname(i)]
+        hint = f"; or resume from an older step with --ckpt-step {older[-1]} (available: {older})" if older else ""
         raise CheckpointError(
-            f"could not load torch_dist checkpoint {path}: {type(err).__name__}: {err}. The checkpoint is corrupt, "
-            "incomplete, or was saved for a different model (check --hf-checkpoint / MODEL_ARGS)"
+            f"could not load torch_dist checkpoint {path}: {type(err).__name__}: {str(err)[:500]}. The checkpoint is "
+            f"corrupt, incomplete, or was saved for a different model (check --hf-checkpoint / MODEL_ARGS){hint}"
         ) from err
     gpt = unwrap_model(model)
     missing, unexpected = gpt.load_state_dict(loaded["model"], strict=False)

@@ -24,7 +24,15 @@ from typing import Any
 
 from slime_entropy.rollout.sample import Sample
 
-__all__ = ["PromptRecord", "PromptItem", "load_prompt_records", "PromptDataset", "RolloutDataSource"]
+__all__ = [
+    "PromptRecord",
+    "PromptItem",
+    "load_prompt_records",
+    "check_prompt_records",
+    "check_chat_template",
+    "PromptDataset",
+    "RolloutDataSource",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +58,8 @@ class PromptItem:
 
 
 def _iter_rows(path: Path):
-    """Yield ``(origin, row)`` pairs; a row is whatever the file holds at that position (validated later)."""
+    """Yield ``(origin, row)`` pairs; a row is whatever the file holds at that position (validated later). A jsonl
+    file is streamed line by line, so a check can stop early without reading the rest."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
@@ -63,26 +72,28 @@ def _iter_rows(path: Path):
         return
     if suffix not in (".jsonl", ".json"):
         raise ValueError(f"--prompt-data {path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-        for i, row in enumerate(items, start=1):
-            yield f"{path}:item {i}", row
-        return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); --prompt-data needs one JSON "
-                "object per line"
-            ) from None
-        yield f"{path}:{lineno}", row
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096)
+        f.seek(0)
+        if suffix == ".json" and head.lstrip().startswith("["):
+            try:
+                items = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            for i, row in enumerate(items, start=1):
+                yield f"{path}:item {i}", row
+            return
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); --prompt-data needs one JSON "
+                    "object per line"
+                ) from None
+            yield f"{path}:{lineno}", row
 
 
 def _check_prompt(prompt: Any, origin: str, input_key: str) -> str | list[dict[str, Any]]:
@@ -100,41 +111,83 @@ def _check_prompt(prompt: Any, origin: str, input_key: str) -> str | list[dict[s
     )
 
 
+def _record(origin: str, row: Any, input_key: str, label_key: str | None, metadata_key: str | None) -> PromptRecord:
+    """One row checked and turned into a :class:`PromptRecord` (the one place a row's rules live)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{origin}: expected a JSON object, got {type(row).__name__}")
+    if input_key not in row:
+        raise ValueError(f"{origin}: missing key '{input_key}' (set --input-key to one of {sorted(row)})")
+    prompt = _check_prompt(row[input_key], origin, input_key)
+    label = None
+    if label_key is not None:
+        if label_key not in row:
+            raise ValueError(f"{origin}: missing key '{label_key}' (set --label-key to one of {sorted(row)})")
+        label = row[label_key]
+    metadata: Any = row.get(metadata_key) if metadata_key is not None else None
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError:
+            raise ValueError(f"{origin}: '{metadata_key}' is a string that is not a JSON object") from None
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise ValueError(
+            f"{origin}: '{metadata_key}' must be an object, got {type(metadata).__name__} (see --metadata-key)"
+        )
+    return PromptRecord(prompt=prompt, label=label, metadata=metadata, origin=origin)
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise ValueError(f"--prompt-data {path}: no such file")
+
+
 def load_prompt_records(
     path: str | Path, *, input_key: str, label_key: str | None, metadata_key: str | None
 ) -> list[PromptRecord]:
     """Read and validate every row of ``path`` (.jsonl, .json list or jsonl, .parquet)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--prompt-data {path}: no such file")
-    records = []
-    for origin, row in _iter_rows(path):
-        if not isinstance(row, dict):
-            raise ValueError(f"{origin}: expected a JSON object, got {type(row).__name__}")
-        if input_key not in row:
-            raise ValueError(f"{origin}: missing key '{input_key}' (set --input-key to one of {sorted(row)})")
-        prompt = _check_prompt(row[input_key], origin, input_key)
-        label = None
-        if label_key is not None:
-            if label_key not in row:
-                raise ValueError(f"{origin}: missing key '{label_key}' (set --label-key to one of {sorted(row)})")
-            label = row[label_key]
-        metadata: Any = row.get(metadata_key) if metadata_key is not None else None
-        if isinstance(metadata, str):
-            try:
-                metadata = json.loads(metadata)
-            except json.JSONDecodeError:
-                raise ValueError(f"{origin}: '{metadata_key}' is a string that is not a JSON object") from None
-        if metadata is None:
-            metadata = {}
-        if not isinstance(metadata, dict):
-            raise ValueError(
-                f"{origin}: '{metadata_key}' must be an object, got {type(metadata).__name__} (see --metadata-key)"
-            )
-        records.append(PromptRecord(prompt=prompt, label=label, metadata=metadata, origin=origin))
+    _require_file(path)
+    records = [_record(origin, row, input_key, label_key, metadata_key) for origin, row in _iter_rows(path)]
     if not records:
         raise ValueError(f"--prompt-data {path}: the file holds no rows")
     return records
+
+
+def check_prompt_records(
+    path: str | Path,
+    *,
+    input_key: str,
+    label_key: str | None,
+    metadata_key: str | None,
+    max_rows: int | None = None,
+) -> list[PromptRecord]:
+    """What :func:`load_prompt_records` would raise, found in one streamed pass that keeps nothing but the first few
+    records (returned, for trying the chat template on). ``max_rows`` caps the rows checked (None: every row)."""
+    path = Path(path)
+    _require_file(path)
+    first: list[PromptRecord] = []
+    num_rows = 0
+    for origin, row in _iter_rows(path):
+        record = _record(origin, row, input_key, label_key, metadata_key)
+        if len(first) < 4:
+            first.append(record)
+        num_rows += 1
+        if max_rows is not None and num_rows >= max_rows:
+            break
+    if not num_rows:
+        raise ValueError(f"--prompt-data {path}: the file holds no rows")
+    return first
+
+
+def check_chat_template(tokenizer) -> None:
+    """``--apply-chat-template`` needs a tokenizer that has a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"--apply-chat-template: the tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) has no chat "
+            "template; drop the flag and store plain-text prompts, or use a checkpoint whose tokenizer has one"
+        )
 
 
 class PromptDataset(Sequence[PromptItem]):
@@ -153,11 +206,8 @@ class PromptDataset(Sequence[PromptItem]):
         chat_template_kwargs: dict[str, Any] | None = None,
         max_prompt_len: int | None = None,
     ):
-        if apply_chat_template and not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"--apply-chat-template: the tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) has no chat "
-                "template; drop the flag and store plain-text prompts, or use a checkpoint whose tokenizer has one"
-            )
+        if apply_chat_template:
+            check_chat_template(tokenizer)
         texts = [self._render(r, tokenizer, apply_chat_template, chat_template_kwargs or {}) for r in records]
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         items, num_dropped = [], 0

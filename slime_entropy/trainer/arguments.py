@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
 from slime_entropy.rollout.sglang_options import describe_unknown
 
-__all__ = ["add_trainer_arguments", "build_parser", "parse_args", "UPDATE_WEIGHT_TRANSPORTS"]
+__all__ = ["add_trainer_arguments", "build_parser", "parse_args", "ConciseParser", "UPDATE_WEIGHT_TRANSPORTS"]
 
 UPDATE_WEIGHT_TRANSPORTS = ("auto", "disk", "broadcast")
 
@@ -51,7 +51,7 @@ examples:
       --high-entropy-token-filter --entropy-percentile 0.2 ...
 
 A run directory (--run-dir) collects metrics.jsonl, plots/, rollouts/ (--save-rollouts) and logs; rerunning the
-same command resumes from the last checkpoint in --load."""
+same command resumes from the last checkpoint in --load (default: --save)."""
 
 
 def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -137,7 +137,7 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--run-dir",
         default=None,
         help="(ours) Where metrics.jsonl, plots/, rollouts/, logs and the engines' weight copies go. Default: --save "
-        "if given, else runs/<start time>. The built-in default task uses runs/embedded.",
+        "if given, else runs/<start time> (runs/embedded for the built-in default task).",
     )
     g.add_argument(
         "--save-rollouts",
@@ -183,18 +183,26 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with unknown flags reported by name (and the nearest known spelling)."""
+class ConciseParser(argparse.ArgumentParser):
+    """argparse whose errors are one short usage line and the error: the full usage of a parser with hundreds of
+    flags would scroll the one line that matters away. ``help_command``: how to see every flag."""
+
+    def __init__(self, *args, help_command: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_command = help_command or f"{self.prog} --help"
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"usage: {self.prog} [flags]   (all flags: {self.help_command})\n{self.prog}: error: {message}\n")
+
+
+class _Parser(ConciseParser):
+    """The trainer's parser: also unknown flags reported by name (and the nearest known spelling)."""
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         parsed, unknown = self.parse_known_args(args, namespace)
         if unknown:
             self.error(_describe_unknown(self, unknown))
         return parsed
-
-    def error(self, message: str):  # type: ignore[override]
-        # argparse would print the whole usage (hundreds of flags) above the one line that matters
-        self.exit(2, f"{self.prog}: error: {message}\n(all flags: python {self.prog} --help)\n")
 
 
 def _describe_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
@@ -223,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="train.py",
+        help_command="python train.py --help",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -257,4 +266,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     else:
         args.embedded = False
+    if args.save is not None and args.load is None:
+        args.load = args.save  # a rerun resumes where the run saves (slime needs --load for that; train.py does not)
+    args.given_flags = _given_dests(parser, argv)
     return args
+
+
+def _given_dests(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
+    """The destinations of the flags the user wrote (not the defaults, nor the default task's), for rules such as
+    "this flag does nothing without that one". A frozenset, so it is not recorded in ``args.json``."""
+    given = argparse.Namespace()
+    suppressed = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in suppressed:
+            action.default = argparse.SUPPRESS
+        parser.parse_known_args(argv, given)
+    finally:
+        for action, default in suppressed:
+            action.default = default
+    return frozenset(vars(given))

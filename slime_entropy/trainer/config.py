@@ -112,7 +112,8 @@ def check_batch_arithmetic(
             problems.append(
                 f"--global-batch-size {global_batch_size} contradicts --rollout-batch-size {rollout_batch_size} x "
                 f"--n-samples-per-prompt {n_samples_per_prompt} / --num-steps-per-rollout {num_steps_per_rollout} = "
-                f"{total / num_steps_per_rollout:g}; give one of --global-batch-size and --num-steps-per-rollout"
+                f"{total / num_steps_per_rollout:g}; drop --num-steps-per-rollout (the global batch then sets the "
+                "steps per rollout) or --global-batch-size"
             )
         global_batch_size = derived
     elif global_batch_size is None:
@@ -386,6 +387,7 @@ class TrainerConfig:
 
         on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
         problems: list[str] = []
+        _demote_config_dumps()
 
         def attempt(build):
             try:
@@ -450,12 +452,6 @@ class TrainerConfig:
             args.global_batch_size = batch.global_batch_size  # the actor reads it from args (slime does the same)
         # decided once, here: the rollout worker may not see the GPUs the way the driver does
         args.rollout_backend = rollout.engine.backend
-        if args.save is not None and args.load is None:
-            logger.warning(
-                "--save without --load: this run writes checkpoints but rerunning the same command will NOT resume "
-                "from them (pass --load %s to make reruns resume)",
-                args.save,
-            )
         run = RunConfig(
             run_dir=Path(args.run_dir or args.save or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"),
             save_rollouts=args.save_rollouts,
@@ -479,6 +475,26 @@ class TrainerConfig:
         )  # fmt: skip
 
 
+# The providers' multi-KB "resolved configuration" lines: useful inside slime, where nothing else shows them, but the
+# trainer records every flag in args.json and a mistake's message must not scroll away under them.
+_CONFIG_DUMP_LOGGERS = ("slime_entropy.config", "slime_entropy.megatron.arguments")
+
+
+class _ToDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _demote_config_dumps() -> None:
+    for name in _CONFIG_DUMP_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _ToDebug) for f in target.filters):
+            target.addFilter(_ToDebug())
+
+
 def loop_problems(args: argparse.Namespace) -> list[str]:
     """Problems of the rollout-train loop's own flags (estimator, reward KL, timeouts, logging, default task)."""
     problems = []
@@ -492,6 +508,13 @@ def loop_problems(args: argparse.Namespace) -> list[str]:
             f"--kl-coef {args.kl_coef}: the reward-side KL penalty is not implemented; use the KL loss "
             "(--use-kl-loss --kl-loss-coef C --ref-load DIR)"
         )
+    given = getattr(args, "given_flags", frozenset())
+    for dest in ("kl_loss_type", "kl_loss_coef"):
+        if dest in given and not args.use_kl_loss:
+            flag = "--" + dest.replace("_", "-")
+            problems.append(
+                f"{flag} has no effect without --use-kl-loss: add --use-kl-loss (and --ref-load) or drop it"
+            )
     if args.distributed_timeout_minutes < 1:
         problems.append(f"--distributed-timeout-minutes must be >= 1, got {args.distributed_timeout_minutes}")
     if args.plot_interval < 0:

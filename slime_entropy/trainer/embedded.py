@@ -24,7 +24,8 @@ Where the model's initial competence comes from
 
 What ``python train.py`` then runs (every flag can be overridden on the command line; see :func:`embedded_argv`)
     16 prompts x 8 samples per rollout, GRPO advantages, one optimizer step per rollout (lr 1e-3), the filter on
-    at rho = 0.2, 40 rollouts, a checkpoint after every rollout (rerunning resumes), held-out evaluation every 10
+    at rho = 0.2, 40 rollouts, a checkpoint after every rollout in ``<run-dir>/checkpoints`` (rerunning resumes),
+    held-out evaluation every 10
     rollouts, rollout dumps and plots in ``runs/embedded/``. ``benchmarks/accept_embedded_learning.py`` checks that
     the mean reward of the last 5 rollouts is clearly above the first 5.
 """
@@ -335,22 +336,25 @@ def planning_assets(args) -> Iterator[None]:
 
 
 def embedded_argv(args) -> list[str]:
-    """The default task's flags (the user's own flags are parsed after these and win)."""
+    """The default task's flags (the user's own flags are parsed after these and win). No ``--load``: a run resumes
+    from its ``--save`` (the trainer's rule), so ``--save DIR`` of the user's moves both. No
+    ``--num-steps-per-rollout``: one step per rollout is the default, and a ``--global-batch-size`` of the user's
+    must not contradict it."""
     assets = assets_for(args)
-    run_dir = args.run_dir or _default_run_dir()
+    run_dir = args.run_dir or args.save or _default_run_dir()  # as every task: the run directory defaults to --save
     checkpoints = str(Path(run_dir) / "checkpoints")
     return [
         "--hf-checkpoint", str(assets.model_dir), "--prompt-data", str(assets.train_data),
         "--input-key", "prompt", "--label-key", "label", "--apply-chat-template", "--rollout-shuffle",
         "--rm-type", "math", "--reward-num-workers", "1",
-        "--rollout-batch-size", "16", "--n-samples-per-prompt", "8", "--num-steps-per-rollout", "1",
+        "--rollout-batch-size", "16", "--n-samples-per-prompt", "8",
         "--rollout-max-response-len", "32", "--rollout-temperature", "1.0", "--num-rollout", "40",
         "--builtin-engine-num-threads", "2",
         "--high-entropy-token-filter", "--entropy-percentile", "0.2",
         "--lr", "1e-3", "--weight-decay", "0.0",
         "--use-dynamic-batch-size", "--max-tokens-per-gpu", "4096", "--logprob-entropy-backend", "eager",
         "--eval-interval", "10", "--eval-prompt-data", "heldout", str(assets.eval_data),
-        "--run-dir", run_dir, "--save", checkpoints, "--load", checkpoints, "--save-interval", "1",
+        "--run-dir", run_dir, "--save", checkpoints, "--save-interval", "1",
         "--save-rollouts",
     ]  # fmt: skip
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,6 @@ __all__ = ["wait_all", "TrainGroup", "RolloutGroup", "RolloutBatch"]
 
 logger = logging.getLogger(__name__)
 
-RERUN_HINT = "rerun the same command to resume from the last checkpoint"
 # CPU processes share the cores with the other phase's processes (engines idle while ranks train, and back): OpenMP
 # threads that spin while waiting make every other process on the machine crawl (measured 10x slower steps on a
 # loaded 2-core machine), passive waiting costs nothing measurable.
@@ -52,7 +52,8 @@ def wait_all(
             late = ", ".join(names[index[r]] for r in pending)
             raise TrainerFailure(
                 f"{what}: no answer from {late} within {timeout_s:.0f} s (a hung collective or a stuck process; see "
-                f"its log above); {RERUN_HINT}"
+                "its log above)",
+                rerun_helps=True,
             )
         ready, pending = ray.wait(pending, num_returns=1, timeout=min(remaining, 2.0))
         for ref in ready:
@@ -70,13 +71,18 @@ def _get(ref, name: str, what: str):
     try:
         return ray.get(ref)
     except ray.exceptions.RayActorError as e:
-        raise TrainerFailure(f"{what}: {name} died ({_actor_error_reason(e)}); {RERUN_HINT}") from e
+        if e.actor_init_failed:  # an exception in the constructor: its message, never "died"; a rerun would repeat it
+            raise TrainerFailure(f"{what}: {name} failed to start: {_creation_error(str(e))}") from e
+        raise TrainerFailure(f"{what}: {name} died ({_actor_error_reason(e)})", rerun_helps=True) from e
     except ray.exceptions.RayTaskError as e:
-        logger.error("%s: %s raised:\n%s", what, name, e)
         cause = e.cause if getattr(e, "cause", None) is not None else e
+        # a ValueError is a user's mistake whose message says what to fix; anything else is a bug, and its remote
+        # traceback is what a report needs
+        logger.log(logging.DEBUG if isinstance(cause, ValueError) else logging.ERROR, "%s: %s raised:\n%s", what,
+                   name, e)  # fmt: skip
         raise TrainerFailure(f"{what}: {name} failed: {type(cause).__name__}: {cause}") from e
     except ray.exceptions.RayError as e:  # e.g. the node died, an object was lost
-        raise TrainerFailure(f"{what}: {name}: {type(e).__name__}: {str(e)[:500]}; {RERUN_HINT}") from e
+        raise TrainerFailure(f"{what}: {name}: {type(e).__name__}: {str(e)[:500]}", rerun_helps=True) from e
 
 
 def _check_alive(watch: list[tuple[str, Any]], what: str) -> None:
@@ -86,6 +92,17 @@ def _check_alive(watch: list[tuple[str, Any]], what: str) -> None:
     ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=1.0)
     for ref in ready:
         _get(ref, pings[ref], f"while waiting for {what}")
+
+
+def _creation_error(text: str) -> str:
+    """The exception a constructor raised, from Ray's text of it (a header, the remote traceback, then the
+    exception's own lines, which may be several)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.strip().splitlines()]
+    last_frame = max((i for i, line in enumerate(lines) if line.startswith("  File ")), default=None)
+    if last_frame is None:
+        return lines[-1] if lines else text
+    tail = [line for line in lines[last_frame + 1 :] if not line.startswith("    ")]
+    return "\n".join(tail).strip() or lines[-1]
 
 
 def _actor_error_reason(error: Exception) -> str:
@@ -302,7 +319,9 @@ class RolloutGroup:
             ),
             name=self.name,
         )
-        self.pid = self._get(self.actor.pid.remote(), "starting the rollout engines", engine.startup_timeout + 300)
+        # the data, the engines and the graders start in a method, not the constructor: an exception there reaches
+        # the driver as itself (a failed constructor is an actor death whose cause Ray only has as text)
+        self.pid = self._get(self.actor.start.remote(), "starting the rollout engines", engine.startup_timeout + 300)
 
     def _get(self, ref, what: str, timeout_s: float | None = None):
         watch = self.session.others([self.name])

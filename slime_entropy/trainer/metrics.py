@@ -54,19 +54,30 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+EVAL_BOOKKEEPING = ("eval/time_s", "eval/num_reward_failures")
+"""``eval/*`` keys that are not a data set's score: seconds and a count."""
+
+
+def is_eval_score(key: str) -> bool:
+    """``eval/<name>``: the avg@n score of one evaluation data set (not its sub-metrics, timing or failure count)."""
+    return key.startswith("eval/") and key.count("/") == 1 and key not in EVAL_BOOKKEEPING
+
+
 def summary_line(rollout_id: int, num_rollout: int, m: dict[str, float]) -> str:
-    """One line per rollout, e.g.
-    ``rollout 7/40 | reward 0.531 | kept 0.207 tau 0.912 | H 0.412 | len 17.3 | pg_loss -1.2e-02 gnorm 0.530 | 3.2 s``.
+    """One line per rollout, numbered by rollout id (from 0, as metrics.jsonl, checkpoints, dumps and failure
+    messages), with the progress count in brackets, e.g.
+    ``rollout 6 [7/40] | reward 0.531 | kept 0.207 tau 0.912 | H 0.412 | len 17.3 | pg_loss -1.2e-02 gnorm 0.530 |
+    3.2 s``.
     """
     parts = [
-        f"rollout {rollout_id + 1}/{num_rollout}",
+        f"rollout {rollout_id} [{rollout_id + 1}/{num_rollout}]",
         f"reward {_fmt(m.get('rollout/raw_reward'), '.3f')}",
         f"kept {_fmt(m.get('train/entropy_token_ratio'), '.3f')} tau {_fmt(m.get('train/entropy_threshold'), '.3f')}",
         f"H {_fmt(m.get('rollout/entropy'), '.3f')}",
         f"len {_fmt(m.get('rollout/response_lengths'), '.1f')}",
         f"pg_loss {_fmt(m.get('train/pg_loss'), '+.2e')} gnorm {_fmt(m.get('train/grad_norm'), '.3f')}",
     ]
-    evals = [f"{k.removeprefix('eval/')} {v:.3f}" for k, v in m.items() if k.startswith("eval/") and k.count("/") == 1]
+    evals = [f"{k.removeprefix('eval/')} {v:.3f}" for k, v in m.items() if is_eval_score(k)]
     if evals:
         parts.append("eval " + ", ".join(evals))
     parts.append(f"{_fmt(m.get('perf/step_time'), '.1f')} s")

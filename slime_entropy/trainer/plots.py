@@ -1,11 +1,13 @@
-"""PNG plots of a run from its ``metrics.jsonl``: reward, kept ratio, threshold and entropy over rollouts.
+"""PNG plots of a run from its ``metrics.jsonl``, one quantity per axis.
 
     python -m slime_entropy.trainer.plots RUN_DIR        # on demand, also while the run is going
 
 ``train.py`` redraws them every ``--plot-interval`` rollouts and at the end. Files (in ``<run-dir>/plots/``):
-``reward.png`` (mean raw reward per rollout, its 5-rollout moving average, and evaluation scores), ``kept_ratio.png``
-(kept / valid tokens, with the target rho), ``threshold.png`` (tau), ``entropy.png`` (mean token entropy of the
-rollout's responses under the old policy, and of the kept tokens), and ``overview.png`` with all four.
+``reward.png`` (mean raw reward per rollout, its 5-rollout moving average, and the evaluation scores ``eval/<set>``,
+all rewards), ``kept_ratio.png`` (kept / valid tokens, with the target rho), ``threshold.png`` (tau),
+``entropy.png`` (mean token entropy of the rollout's responses under the old policy, and of the kept tokens),
+``eval_time.png`` (seconds per evaluation) and ``eval_reward_failures.png`` (rewards that failed per evaluation), and
+``overview.png`` with all six.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["plot_run", "main"]
+__all__ = ["plot_run", "main", "PANELS"]
 
+# name -> (axis title, keys drawn on it); the keys of one panel are one quantity in one unit
 PANELS = {
     "reward": ("mean reward", ["rollout/raw_reward"]),
     "kept_ratio": ("kept token ratio", ["train/entropy_token_ratio"]),
     "threshold": ("entropy threshold tau (nats)", ["train/entropy_threshold"]),
     "entropy": ("token entropy (nats)", ["rollout/entropy", "train/entropy_kept_mean"]),
+    "eval_time": ("evaluation time (s)", ["eval/time_s"]),
+    "eval_reward_failures": ("reward failures per evaluation", ["eval/num_reward_failures"]),
 }
+_EMPTY = {"eval_time": "no evaluation", "eval_reward_failures": "no evaluation"}
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -45,6 +51,8 @@ def _moving_average(ys: list[float], window: int) -> list[float]:
 def _draw(ax, name: str, records: list[dict], keep_fraction: float | None) -> bool:
     from matplotlib.ticker import MaxNLocator
 
+    from slime_entropy.trainer.metrics import is_eval_score
+
     title, keys = PANELS[name]
     drawn = False
     for key in keys:
@@ -55,7 +63,7 @@ def _draw(ax, name: str, records: list[dict], keep_fraction: float | None) -> bo
             if name == "reward" and len(ys) >= 5:
                 ax.plot(xs, _moving_average(ys, 5), linewidth=2, label="5-rollout mean")
     if name == "reward":
-        eval_keys = sorted({k for r in records for k in r if k.startswith("eval/") and k.count("/") == 1})
+        eval_keys = sorted({k for r in records for k in r if is_eval_score(k)})
         for key in eval_keys:
             xs, ys = _series(records, key)
             ax.plot(xs, ys, marker="o", linestyle="--", label=key)
@@ -69,7 +77,8 @@ def _draw(ax, name: str, records: list[dict], keep_fraction: float | None) -> bo
     if drawn:
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no data (filter off?)", ha="center", va="center", transform=ax.transAxes)
+        text = _EMPTY.get(name, "no data (filter off?)")
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     return drawn
 
 
@@ -104,7 +113,7 @@ def plot_run(run_dir: str | Path, keep_fraction: float | None = None) -> list[Pa
         fig, ax = plt.subplots(figsize=(6, 3.6))
         _draw(ax, name, records, keep_fraction)
         save(fig, name)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(3, 2, figsize=(11, 10))
     for ax, name in zip(axes.flat, PANELS, strict=True):
         _draw(ax, name, records, keep_fraction)
     num_rollouts = sum("rollout/raw_reward" in r for r in records)

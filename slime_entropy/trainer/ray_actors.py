@@ -306,18 +306,25 @@ class RolloutWorker:
 
     def __init__(self, args, run_dir: str, gpu_ids: list[int], log_level: str = "info", memory_saver: bool = False):
         """``gpu_ids``: the engines' physical GPUs on this node; ``memory_saver``: launch SGLang with
-        ``--enable-memory-saver`` (needed to release its memory when colocated, as slime does)."""
+        ``--enable-memory-saver`` (needed to release its memory when colocated, as slime does). Nothing starts before
+        :meth:`start`."""
+        configure_actor_logging(log_level)
+        self.args, self._run_dir, self._gpu_ids, self._memory_saver = args, run_dir, gpu_ids, memory_saver
+        self.manager = None
+        self._evaluator = None  # built on the first evaluation
+        self._broadcast_restarts: list[int] | None = None
+
+    def start(self) -> int:
+        """Load the data, start the engines and the graders; returns this process's id."""
         from slime_entropy.rollout.config import RolloutConfig
         from slime_entropy.rollout.engine_sglang import engines_on_gpus
         from slime_entropy.rollout.manager import RolloutManager
 
-        configure_actor_logging(log_level)
+        args, gpu_ids, memory_saver = self.args, self._gpu_ids, self._memory_saver
         config = RolloutConfig.from_args(args)
         config = replace(config, engine=engines_on_gpus(config.engine, gpu_ids, memory_saver=memory_saver))
-        self.args = args
-        self.manager = RolloutManager(config, hook_args=args, run_dir=Path(run_dir), progress=False)
-        self._evaluator = None  # built on the first evaluation
-        self._broadcast_restarts: list[int] | None = None
+        self.manager = RolloutManager(config, hook_args=args, run_dir=Path(self._run_dir), progress=False)
+        return os.getpid()
 
     def pid(self) -> int:
         return os.getpid()
@@ -452,4 +459,5 @@ class RolloutWorker:
         return self.manager.num_rollout_per_epoch
 
     def close(self) -> None:
-        self.manager.close()
+        if self.manager is not None:
+            self.manager.close()

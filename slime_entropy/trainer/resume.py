@@ -36,14 +36,17 @@ __all__ = [
     "expected_start",
     "data_state_path",
     "write_json_atomic",
+    "read_data_state",
     "RESUMABLE_CHANGES",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Flags that may differ between a run and its resumption.
+# Flags that may differ between a run and its resumption. --num-steps-per-rollout: the resolved
+# --global-batch-size is recorded and compared, and with the rollout size it fixes the steps per rollout.
 RESUMABLE_CHANGES = frozenset(
     {
+        "num_steps_per_rollout",
         "num_rollout", "num_epoch", "load", "save", "run_dir", "ckpt_step", "no_load_optim", "no_load_rng",
         "save_interval", "save_hf", "save_rollouts", "plot_interval", "log_level", "dry_run", "use_wandb",
         "wandb_project", "wandb_group", "wandb_key", "wandb_mode", "distributed_timeout_minutes", "eval_interval",
@@ -69,6 +72,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def data_state_path(ckpt_dir: str | Path, rollout_id: int) -> Path:
     return Path(ckpt_dir) / "rollout" / f"data_state_{rollout_id:07d}.json"
+
+
+def read_data_state(path: Path) -> dict:
+    """A checkpoint's data position (``data_state_*.json``); a damaged file is a ``ValueError`` that says so."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        reason = getattr(e, "msg", e)
+        raise ValueError(f"{path} is damaged (not valid JSON: {reason}; cut short by a crash?)") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is damaged (holds a {type(state).__name__}, not the data position)")
+    return state
 
 
 def _jsonable_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,24 +112,33 @@ class RunDirectory:
     def plots_dir(self) -> Path:
         return self.root / "plots"
 
+    @staticmethod
+    def flag_differences(recorded: Path, args: argparse.Namespace) -> list[str]:
+        """Why resuming the run whose flags ``recorded`` (an ``args.json``) holds with ``args`` is refused: one
+        problem naming every training flag that differs (none: resumable)."""
+        previous = json.loads(Path(recorded).read_text())
+        current = _jsonable_args(args)
+        differences = [
+            f"--{key.replace('_', '-')}: {previous.get(key)!r} then, {current.get(key)!r} now"
+            for key in sorted(set(previous) | set(current))
+            if key not in RESUMABLE_CHANGES and previous.get(key) != current.get(key)
+        ]
+        if not differences:
+            return []
+        return [
+            f"{Path(recorded).parent} holds a run made with other flags, and resuming it with these would continue "
+            "someone else's training:\n  " + "\n  ".join(differences) + "\nUse another --run-dir (and --save), or "
+            f"rerun with the flags recorded in {recorded}"
+        ]
+
     def check_flags(self, args: argparse.Namespace, *, resuming: bool) -> None:
         """Refuse to resume with different training flags; record the flags of this attempt."""
         path = self.root / "args.json"
-        current = _jsonable_args(args)
         if resuming and path.is_file():
-            previous = json.loads(path.read_text())
-            differences = [
-                f"--{key.replace('_', '-')}: {previous.get(key)!r} then, {current.get(key)!r} now"
-                for key in sorted(set(previous) | set(current))
-                if key not in RESUMABLE_CHANGES and previous.get(key) != current.get(key)
-            ]
+            differences = self.flag_differences(path, args)
             if differences:
-                raise TrainerFailure(
-                    f"{self.root} holds a run made with other flags, and resuming it with these would continue "
-                    "someone else's training:\n  " + "\n  ".join(differences) + f"\nUse another --run-dir (and "
-                    f"--save/--load), or rerun with the flags recorded in {path}"
-                )
-        write_json_atomic(path, current)
+                raise TrainerFailure(differences[0])
+        write_json_atomic(path, _jsonable_args(args))
 
     def record_processes(self, actors, rollout) -> None:
         """``processes.json``: which process is which (driver, training ranks with their nodes, rollout worker,
@@ -204,7 +228,15 @@ class Checkpointer:
         if rollout_id < 0 or self.load_dir is None:
             return None
         path = data_state_path(self.load_dir, rollout_id)
-        return json.loads(path.read_text()).get("metrics") if path.is_file() else None
+        return self._read(path).get("metrics") if path.is_file() else None
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        try:
+            return read_data_state(path)
+        except ValueError as e:
+            step = int(path.stem.rsplit("_", 1)[1])
+            raise TrainerFailure(f"{e}; resume from an earlier checkpoint with --ckpt-step N (N < {step})") from None
 
     def restore(self, start_rollout_id: int, rollout, rollout_batch_size: int) -> None:
         """Put the prompt source where it was after rollout ``start_rollout_id - 1``."""
@@ -212,7 +244,7 @@ class Checkpointer:
             return
         path = data_state_path(self.load_dir, start_rollout_id - 1) if self.load_dir else None
         if path is not None and path.is_file():
-            state = json.loads(path.read_text())
+            state = self._read(path)
             rollout.load_state_dict({k: v for k, v in state.items() if k not in ("rollout_id", "metrics")})
             logger.info("resume: data position of rollout %d restored from %s", start_rollout_id - 1, path)
             return

@@ -6,8 +6,9 @@
     # every tracked actor killed, placement groups removed, Ray shut down if this session started it
 
 Failures the user should read as one message (an actor died, a call timed out, the cluster is too small) are
-``TrainerFailure``; ``train.py`` prints them without a traceback and exits 1. SIGTERM (a batch scheduler cancelling
-the job) is turned into ``KeyboardInterrupt`` so that it takes the same clean exit as Ctrl-C.
+``TrainerFailure``; ``train.py`` prints them without a traceback and exits 1. A local Ray instance dies with the
+driver even when the driver is SIGKILLed (see ``slime_entropy.trainer.ray_reaper``). SIGTERM (a batch scheduler
+cancelling the job) is turned into ``KeyboardInterrupt`` so that it takes the same clean exit as Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+
+from slime_entropy.trainer.ray_reaper import RayReaper
 
 __all__ = ["TrainerFailure", "RaySession", "package_root", "was_interrupted"]
 
@@ -35,7 +38,13 @@ def was_interrupted() -> bool:
 
 
 class TrainerFailure(RuntimeError):
-    """A failure of the run that is reported as its message (what failed, and what to do)."""
+    """A failure of the run that is reported as its message (what failed, and what to do). ``rerun_helps``: the cause
+    may be passing (a process killed, a node lost, a hang), so ``train.py`` adds how a rerun continues; a mistake a
+    rerun would repeat says what to change instead."""
+
+    def __init__(self, message: str, *, rerun_helps: bool = False):
+        super().__init__(message)
+        self.rerun_helps = rerun_helps
 
 
 def package_root() -> Path:
@@ -52,12 +61,16 @@ class RaySession:
         self._placements: list[Any] = []
         self._previous_sigterm = None
         self._previous_sigint = None
+        self._reaper: RayReaper | None = None
 
     def __enter__(self) -> RaySession:
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         self._previous_sigint = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
+        # The driver fetches every result it needs (wait_all) and reports the first failure as one message; when all
+        # ranks raise the same error, Ray would print the remote traceback of every result left unfetched on top.
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
         if ray.is_initialized():
             logger.info("using the already initialised Ray connection")
             return self
@@ -78,6 +91,7 @@ class RaySession:
                 configure_logging=True,
             )
             self.started_ray = True
+            self._reaper = RayReaper.start()  # stops this instance if the driver dies without stopping it
             logger.info("started a local Ray instance: %s", _describe_resources(ray.cluster_resources()))
         return self
 
@@ -112,7 +126,11 @@ class RaySession:
                 placement.remove()
             self._placements.clear()
             if self.started_ray:
-                ray.shutdown()
+                try:
+                    ray.shutdown()
+                finally:
+                    self._reaper.release()
+                    self._reaper = None
         finally:
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)

@@ -312,7 +312,9 @@ def test_plots_summary_line_and_learning_summary(tmp_path):
     from slime_entropy.trainer.plots import plot_run
     from slime_entropy.trainer.report import learning_summary
 
-    records = [{"rollout_id": -1, "eval/heldout": 0.3}] + [
+    evaluation = {"eval/heldout": 0.3, "eval/heldout/pass@4": 0.5, "eval/time_s": 41.0,
+                  "eval/num_reward_failures": 2.0}  # fmt: skip
+    records = [{"rollout_id": -1, **evaluation}] + [
         {
             "rollout_id": i,
             "rollout/raw_reward": 0.3 + 0.05 * i,
@@ -330,14 +332,30 @@ def test_plots_summary_line_and_learning_summary(tmp_path):
         "kept_ratio.png",
         "threshold.png",
         "entropy.png",
+        "eval_time.png",
+        "eval_reward_failures.png",
         "overview.png",
     }
     assert all(p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 5000 for p in written)
     summary = learning_summary(tmp_path)
     assert summary["first"] == pytest.approx(0.4) and summary["last"] == pytest.approx(0.75)
-    line = summary_line(3, 40, {**records[4], "perf/step_time": 2.5, "eval/heldout": 0.61, "train/pg_loss": math.nan})
-    assert line.startswith("rollout 4/40 | reward 0.450 | kept 0.203 tau 0.470 | H 0.400")
-    assert "pg_loss -" in line and "eval heldout 0.610" in line and line.endswith("2.5 s")
+    # one quantity per axis: the reward axis holds rewards only, seconds and failure counts have their own
+    import matplotlib.pyplot as plt
+
+    from slime_entropy.trainer.plots import PANELS, _draw
+
+    drawn = {}
+    for name in PANELS:
+        fig, ax = plt.subplots()
+        _draw(ax, name, records, 0.2)
+        drawn[name] = {line.get_label() for line in ax.get_lines()}
+        plt.close(fig)
+    assert drawn["reward"] == {"rollout/raw_reward", "5-rollout mean", "eval/heldout"}
+    assert drawn["eval_time"] == {"eval/time_s"} and drawn["eval_reward_failures"] == {"eval/num_reward_failures"}
+    line = summary_line(3, 40, {**records[4], "perf/step_time": 2.5, **evaluation, "eval/heldout": 0.61,
+                                "train/pg_loss": math.nan})  # fmt: skip
+    assert line.startswith("rollout 3 [4/40] | reward 0.450 | kept 0.203 tau 0.470 | H 0.400")
+    assert "pg_loss -" in line and "| eval heldout 0.610 |" in line and line.endswith("2.5 s")
 
 
 def test_wandb_logs_offline_without_a_key_and_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ def test_the_default_task_runs_out_of_the_box_and_a_rerun_resumes(tmp_path):
     # The same command again: the warm-up comes from the cache, and the run, finished, has nothing left to do.
     again = TrainRun(argv, tmp_path / "second.log")
     assert again.wait(timeout=300) == 0, again.output[-5000:]
-    assert "warm-up" not in again.output and "rollout 1/2 |" not in again.output
+    assert "warm-up" not in again.output and "rollout 1 [2/2] |" not in again.output
     assert "nothing to do" in again.output and "started a local Ray" not in again.output
     assert [r["rollout_id"] for r in read_metrics(run_dir) if "rollout/raw_reward" in r] == [0, 1]
 

@@ -99,7 +99,7 @@ def _run_until(argv, log, run_dir, rollout_id: int, gate, timeout=300) -> TrainR
     in its rewards, so the run is known to be generating rollout ``rollout_id + 1`` when the test strikes."""
     gate.write_text(str(rollout_id + 1))
     run = TrainRun(argv, log, env={GATE_ENV: str(gate)})
-    line = f"rollout {rollout_id + 1}/{NUM_ROLLOUT} |"
+    line = f"rollout {rollout_id} [{rollout_id + 1}/{NUM_ROLLOUT}] |"
     run.wait_until(lambda: line in run.output and rollout_id in rollout_ids(run_dir), timeout, f"rollout {rollout_id}")
     return run
 
