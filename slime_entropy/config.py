@@ -122,6 +122,10 @@ class PolicyLossConfig:
         use_kl_loss, kl_loss_coef, kl_loss_type: KL to the reference policy added to the loss.
         use_tis, tis_clip, tis_clip_low: truncated importance sampling against rollout log-probs.
         per_token_loss: slime's --calculate-per-token-loss.
+        use_rollout_logprobs: the old policy is the rollout engine's log-probs (slime >= 0.3 --use-rollout-logprobs).
+        mismatch_metrics: slime >= 0.3 --get-mismatch-metrics (runs the TIS function, as slime does).
+        unbiased_kl: slime >= 0.3 --use-unbiased-kl (KL term weighted by exp(logp - old), gradient through both).
+        tis_function_path: slime >= 0.3 --custom-tis-function-path (None: slime's vanilla TIS).
         clip_cov_*, kl_cov_*: parameters of those modes.
         advantage_alpha, advantage_kappa: entropy advantage shaping (alpha = 0: off).
     """
@@ -139,6 +143,10 @@ class PolicyLossConfig:
     tis_clip: float = 2.0
     tis_clip_low: float = 0.0
     per_token_loss: bool = False
+    use_rollout_logprobs: bool = False
+    mismatch_metrics: bool = False
+    unbiased_kl: bool = False
+    tis_function_path: str | None = None
     clip_cov_ratio: float = 2e-4
     clip_cov_lb: float = 1.0
     clip_cov_ub: float = 5.0
@@ -284,6 +292,7 @@ class LossConfig:
             not (args.use_tis and mode in ("gmpo",)),
             "--use-tis is not defined for the sequence-level gmpo objective",
         )
+        _refuse_unfiltered_only(args, filter_on, problems)
         problems.raise_if_any("loss flags")
 
         eps_clip_high = args.eps_clip if args.eps_clip_high is None else args.eps_clip_high
@@ -301,6 +310,10 @@ class LossConfig:
             tis_clip=float(args.tis_clip),
             tis_clip_low=float(args.tis_clip_low),
             per_token_loss=bool(args.calculate_per_token_loss),
+            use_rollout_logprobs=bool(getattr(args, "use_rollout_logprobs", False)),
+            mismatch_metrics=bool(getattr(args, "get_mismatch_metrics", False)),
+            unbiased_kl=bool(getattr(args, "use_unbiased_kl", False)),
+            tis_function_path=getattr(args, "custom_tis_function_path", None),
             **_given(args, ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "kl_cov_coef")),
             advantage_alpha=float(args.entropy_advantage_alpha),
             **({"advantage_kappa": args.entropy_advantage_kappa} if args.entropy_advantage_kappa is not None else {}),
@@ -334,6 +347,38 @@ class LossConfig:
         config = cls(policy=policy, entropy_filter=entropy_filter, kernel=kernel)
         _log_once(config)
         return config
+
+
+# slime (>= 0.3) options that change the policy loss in ways the filtered loss does not reproduce: with the filter
+# off slime's own policy loss runs them; with it on they are refused here. dest -> (is it set?, the alternative).
+_UNFILTERED_ONLY = {
+    "rollout_top_p": (
+        lambda v: v is not None and float(v) != 1.0,
+        "--rollout-top-p",
+        "sample with --rollout-top-p 1.0 (the filtered loss scores the full vocabulary), or drop the filter",
+    ),
+    "allgather_cp": (
+        bool,
+        "--allgather-cp",
+        "use slime's default zigzag context parallelism (drop --allgather-cp), or drop the filter",
+    ),
+    "use_opsm": (bool, "--use-opsm", "drop --use-opsm, or drop the filter"),
+    "custom_pg_loss_reducer_function_path": (
+        lambda v: v is not None,
+        "--custom-pg-loss-reducer-function-path",
+        "the filter is itself the policy-gradient reducer: drop the custom reducer, or drop the filter",
+    ),
+}
+
+
+def _refuse_unfiltered_only(args, filter_on: bool, problems: _Problems) -> None:
+    if not filter_on:
+        return
+    for dest, (is_set, flag, alternative) in _UNFILTERED_ONLY.items():
+        problems.check(
+            not is_set(getattr(args, dest, None)),
+            f"{flag} is not supported with --high-entropy-token-filter: {alternative}",
+        )
 
 
 def _given(args, dests, rename=None) -> dict:
