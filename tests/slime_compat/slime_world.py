@@ -1,0 +1,99 @@
+"""One rank of a gloo world that drives a slime release's own ``loss_function`` on slime-shaped micro-batches and
+emulates what Megatron and slime do with the result (gradient scaling, the release's metric reduction).
+
+Micro-batches come from ``tests/loss/harness.build_rank_input`` (zigzag CP slices written independently of both
+slime and slime_entropy); slime >= 0.3 batches also carry ``rollout_mask_sums`` built from rollout ids, as slime's
+actor does (each sample's denominator is its rollout's total mask count over the whole step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+import torch
+import torch.distributed as dist
+
+from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
+from tests.loss.harness import build_rank_input
+
+OUR_LOSS = "slime_entropy.loss.policy_loss_function"
+
+
+def slime_args(release_family: str, cli: str, *, global_batch_size: int) -> argparse.Namespace:
+    """The loss flags as slime's parser leaves them (slime's defaults for what the release has, plus ours)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    add_slime_loss_arguments(parser)
+    parser.add_argument("--global-batch-size", type=int)
+    parser.add_argument("--vocab-size", type=int, default=None)
+    if release_family == "v0.3":
+        parser.add_argument("--use-rollout-logprobs", action="store_true")
+        parser.add_argument("--get-mismatch-metrics", action="store_true")
+        parser.add_argument("--use-unbiased-kl", action="store_true")
+        parser.add_argument("--custom-tis-function-path", default=None)
+        parser.add_argument("--custom-pg-loss-reducer-function-path", default=None)
+        parser.add_argument("--use-opsm", action="store_true")
+        parser.add_argument("--opsm-delta", type=float, default=1e-4)
+        parser.add_argument("--allgather-cp", action="store_true")
+        parser.add_argument("--rollout-top-p", type=float, default=1.0)
+        parser.add_argument("--eps-clip-c", type=float, default=None)
+        parser.add_argument("--recompute-loss-function", action="store_true")
+        parser.add_argument("--log-probs-chunk-size", type=int, default=-1)
+    return parser.parse_args(shlex.split(cli) + ["--global-batch-size", str(global_batch_size)])
+
+
+def rollout_mask_sums(samples, rollout_ids):
+    totals: dict[int, int] = {}
+    for sample, rid in zip(samples, rollout_ids, strict=True):
+        totals[rid] = totals.get(rid, 0) + int(sample.loss_mask.sum())
+    return [torch.tensor(totals[rid]) for rid in rollout_ids]
+
+
+def run_slime_rank(loss_module, family, args, samples, schedule, layout, *, rollout_ids=None, drop_log_probs=False):
+    """Every micro-batch of this rank through ``loss_module.loss_function``; returns the effective loss, the
+    effective gradient of every owned logits row (keyed (sample, position)), the reported metrics and keys."""
+    micro_batches = schedule[layout["dp_rank"]]
+    num_mb = len(micro_batches)
+    rollout_ids = list(range(len(samples))) if rollout_ids is None else rollout_ids
+    step_size = len(set(rollout_ids))
+    denominators = rollout_mask_sums(samples, rollout_ids)
+    where = (layout["tp_rank"], layout["tp_size"], layout["cp_rank"], layout["cp_size"])
+    records = []
+    for m, ids in enumerate(micro_batches):
+        rank_input = build_rank_input(samples, ids, *where, seed=m)
+        batch = rank_input.batch
+        if family == "v0.3":
+            batch["rollout_mask_sums"] = [denominators[i] for i in ids]
+            if drop_log_probs:
+                batch["log_probs"] = None  # slime skips the old-policy pass with --use-rollout-logprobs
+        extra = (step_size,) if family == "v0.3" else ()
+        loss, num_tokens, record = loss_module.loss_function(args, batch, num_mb, *extra, rank_input.logits)
+        loss.backward()
+        records.append((loss.detach(), num_tokens, record, rank_input))
+
+    group = layout["dp_cp_group"]
+    per_token = args.calculate_per_token_loss
+    if per_token:
+        total_tokens = torch.tensor(float(sum(int(r[1]) for r in records)))
+        dist.all_reduce(total_tokens, group=group)
+        scale = 1.0 / max(float(total_tokens), 1.0)
+    else:
+        scale = 1.0 / (num_mb * layout["dp_size"] * layout["cp_size"])
+    grads, effective_loss = {}, 0.0
+    for loss, _, _, rank_input in records:
+        effective_loss += float(loss) * scale
+        grad = rank_input.logits.grad[0] * scale
+        for r, key in enumerate(rank_input.row_map):
+            if key != (-1, -1):
+                grads[key] = grad[r].clone()
+    values = sum(r[2]["values"].double() for r in records)
+    dist.all_reduce(values, group=group)
+    keys = records[0][2]["keys"]
+    assert all(r[2]["keys"] == keys for r in records), "metric keys differ between micro-batches"
+    if family == "v0.3" and not per_token:
+        divisor, factor = float(step_size), 1.0
+    else:
+        divisor, factor = float(values[0]), float(layout["cp_size"])
+    reported = {k: float(v) * factor / divisor for k, v in zip(keys, values[1:], strict=True)}
+    return {"loss": effective_loss, "grads": grads, "reported": reported, "keys": keys}
