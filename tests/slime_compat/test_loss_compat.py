@@ -163,7 +163,12 @@ def _worker(rank, world, release, layouts):
     return results
 
 
-def _check_same(label, got, expected, *, exact, tp):
+# slime v0.1.0 takes its log-prob gradient from Megatron's fused cross entropy, whose backward rounds to bf16:
+# its gradients carry bf16 rounding (2^-8 relative), ours are fp32. From v0.3 slime's kernel is fp32 like ours.
+GRAD_TOLERANCE = {"v0.1": 2.0**-8, "v0.3": 1e-5}
+
+
+def _check_same(label, got, expected, *, exact, tp, grad_tolerance=1e-5):
     rel = 0 if exact else 2e-5
     assert got["loss"] == pytest.approx(expected["loss"], rel=rel, abs=0 if exact else 1e-7), f"{label}: loss"
     assert got["keys"][: len(expected["keys"])] == expected["keys"], f"{label}: metric keys {got['keys']}"
@@ -176,7 +181,7 @@ def _check_same(label, got, expected, *, exact, tp):
             assert torch.equal(got["grads"][key], grad), f"{label}: gradient of row {key}"
         else:
             diff = float((got["grads"][key] - grad).abs().max())
-            assert diff <= 1e-5 * largest, f"{label}: gradient of row {key} off by {diff} (largest {largest})"
+            assert diff <= grad_tolerance * largest, f"{label}: gradient of row {key} off by {diff} (largest {largest})"
 
 
 def _check_reference(label, results, name, case_index, tp, cp, dp, release):
@@ -240,7 +245,9 @@ def test_loss_inside_slime(release):
                 _check_same(f"{label} hook, filter off", out["hook"], out["slime"], exact=True, tp=tp)
                 if "wholesale" in out:
                     _check_same(f"{label} loss_function, filter off", out["wholesale"], out["slime"], exact=True, tp=tp)
-                _check_same(f"{label} rho=1", out["rho1"], out["slime"], exact=False, tp=tp)
+                _check_same(
+                    f"{label} rho=1", out["rho1"], out["slime"], exact=False, tp=tp, grad_tolerance=GRAD_TOLERANCE[family]
+                )
         for i, case in enumerate(FILTERED):
             _check_reference(f"{where} [{case['name']}]", results, case["name"], i, tp, cp, dp, release)
         for flags_family, flags, flag in REFUSED:
