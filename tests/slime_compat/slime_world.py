@@ -14,33 +14,14 @@ import shlex
 import torch
 import torch.distributed as dist
 
-from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
+from slime_entropy.testing.slime_source import slime_loss_args
 from tests.loss.harness import build_rank_input
 
 OUR_LOSS = "slime_entropy.loss.policy_loss_function"
 
 
 def slime_args(release_family: str, cli: str, *, global_batch_size: int) -> argparse.Namespace:
-    """The loss flags as slime's parser leaves them (slime's defaults for what the release has, plus ours)."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    add_slime_loss_arguments(parser)
-    parser.add_argument("--global-batch-size", type=int)
-    parser.add_argument("--vocab-size", type=int, default=None)
-    if release_family == "v0.3":
-        parser.add_argument("--use-rollout-logprobs", action="store_true")
-        parser.add_argument("--get-mismatch-metrics", action="store_true")
-        parser.add_argument("--use-unbiased-kl", action="store_true")
-        parser.add_argument("--custom-tis-function-path", default=None)
-        parser.add_argument("--custom-pg-loss-reducer-function-path", default=None)
-        parser.add_argument("--use-opsm", action="store_true")
-        parser.add_argument("--opsm-delta", type=float, default=1e-4)
-        parser.add_argument("--allgather-cp", action="store_true")
-        parser.add_argument("--rollout-top-p", type=float, default=1.0)
-        parser.add_argument("--eps-clip-c", type=float, default=None)
-        parser.add_argument("--recompute-loss-function", action="store_true")
-        parser.add_argument("--log-probs-chunk-size", type=int, default=-1)
-    return parser.parse_args(shlex.split(cli) + ["--global-batch-size", str(global_batch_size)])
+    return slime_loss_args(release_family, shlex.split(cli), global_batch_size=global_batch_size)
 
 
 def rollout_mask_sums(samples, rollout_ids):

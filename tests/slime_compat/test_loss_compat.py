@@ -97,7 +97,7 @@ class _Wholesale:
 def _worker(rank, world, release, layouts):
     from megatron.core import parallel_state as mpu
 
-    from tests.slime_compat.slime_modules import load_slime_loss
+    from slime_entropy.testing.slime_source import load_slime_loss
 
     module = load_slime_loss(slime_tree(release))
     family = FAMILY[release]
