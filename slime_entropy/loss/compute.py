@@ -426,6 +426,7 @@ def compute_policy_loss(
     *,
     tis_hook: TisHook | None = None,
     metric_style: str = "v0.1",
+    on_log_probs: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> PolicyLossResult:
     """slime's policy loss of one micro-batch (filter off: slime's semantics), with the filter.
 
@@ -439,6 +440,7 @@ def compute_policy_loss(
             inline TIS (--use-tis only).
         metric_style: 'v0.1' (v0.1.0's metric keys) or 'v0.3' (adds ``train_rollout_logprob_abs_diff`` whenever
             rollout log-probs are present, the TIS function's metrics and ``opd_reverse_kl``, in slime's order).
+        on_log_probs: called with the per-sample current log-probs (slime main's train-dump capture).
 
     Returns:
         PolicyLossResult. ``loss`` is in slime's units (a sum over samples of per-sample means, or a token sum in
@@ -450,6 +452,8 @@ def compute_policy_loss(
         config, groups, batch, logits, entropy_grad=pol.entropy_coef != 0
     )
     num_local, device, lengths = log_probs.numel(), log_probs.device, layout.local_lengths
+    if on_log_probs is not None:
+        on_log_probs(list(log_probs.split(lengths)))
     base = sum_of_sample_mean if sum_of_sample_mean is not None else slime_reducer(layout, batch, pol.per_token_loss)
     local_masks = layout.local_masks(batch["loss_masks"])
     advantages = _cat(batch["advantages"], "advantages", num_local, device).float()

@@ -53,12 +53,17 @@ def policy_loss_function(args: argparse.Namespace, batch: Mapping, logits: torch
             "which needs slime_entropy.loss.loss_function outside slime (it reports that count to Megatron); "
             "through slime's loss use --entropy-filter-denominator all, or per-sample loss"
         )
-    tis_hook, style = None, "v0.1"
+    tis_hook, style, capture = None, "v0.1", None
     if release is not None:
         _check_release_options(args, release)
         style = release.family
         if release.tis_hook:
             tis_hook = _bind_tis_function(args, release, batch)
+        if hasattr(release.loss_module, "_maybe_capture_log_probs"):  # main: --debug-train-dump capture
+
+            def capture(log_probs, _capture=release.loss_module._maybe_capture_log_probs):
+                _capture(batch, log_probs)
+
     result = compute_policy_loss(
         config,
         ParallelGroups.from_megatron(),
@@ -67,6 +72,7 @@ def policy_loss_function(args: argparse.Namespace, batch: Mapping, logits: torch
         sum_of_sample_mean,
         tis_hook=tis_hook,
         metric_style=style,
+        on_log_probs=capture,
     )
     return result.loss, result.metrics
 

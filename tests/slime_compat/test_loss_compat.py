@@ -48,6 +48,7 @@ CASES = [
     dict(name="split rollouts", families=("v0.3",), split=True, rho1="--entropy-filter-denominator all",
          cli="--use-kl-loss --kl-loss-coef 0.1 --kl-loss-type low_var_kl"),
     dict(name="recompute loss", families=("v0.3",), cli="--recompute-loss-function --advantage-estimator gspo"),
+    dict(name="dual clip", releases=("head-624b824a8",), cli="--eps-clip-c 1.5"),
 ]
 FILTERED = [
     dict(name="ppo filter 0.2", cli=f"--use-kl-loss --kl-loss-coef 0.1 --entropy-coef 0.01 {FILTER} 0.2"),
@@ -66,8 +67,8 @@ REFUSED = [
 ]
 
 
-def _applies(case, family):
-    return family in case.get("families", ("v0.1", "v0.3"))
+def _applies(case, family, release):
+    return family in case.get("families", ("v0.1", "v0.3")) and release in case.get("releases", (release,))
 
 
 def _inputs(seed, num_dp, split=False):
@@ -133,7 +134,7 @@ def _worker(rank, world, release, layouts):
             )
 
         for i, case in enumerate(CASES):
-            if not _applies(case, family):
+            if not _applies(case, family, release):
                 continue
             cli = _with_kl_type(case["cli"] + " ", family)
             opts = dict(seed=i, split=case.get("split", False), drop_log_probs=case.get("drop_log_probs", False))
@@ -237,7 +238,7 @@ def test_loss_inside_slime(release):
         dp = 4 // (tp * cp)
         where = f"slime {release} TP{tp} CP{cp} DP{dp}"
         for case in CASES:
-            if not _applies(case, family):
+            if not _applies(case, family, release):
                 continue
             for rank, res in enumerate(results):
                 out = res[(tp, cp, case["name"])]
