@@ -22,7 +22,7 @@ from tests.loss.harness import make_samples
 from tests.loss.reference import reference_step
 from tests.slime_trees import SLIME_RELEASES, slime_tree
 
-from .slime_world import OUR_LOSS, run_slime_rank, slime_args
+from .slime_world import OUR_LOSS, rollout_mask_sums, run_slime_rank, slime_args
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -37,16 +37,32 @@ KL = {"v0.1": "kl", "v0.3": "k1"}
 CASES = [
     dict(name="ppo+kl+entropy", cli="--use-kl-loss --kl-loss-coef 0.1 --kl-loss-type low_var_kl --entropy-coef 0.01"),
     dict(name="gspo+tis", cli="--advantage-estimator gspo --use-tis --tis-clip 1.5 --tis-clip-low 0.5"),
-    dict(name="per-token", cli="--calculate-per-token-loss --entropy-coef 0.02", rho1="--entropy-filter-denominator all",
-         wholesale_v01=False),
+    dict(
+        name="per-token",
+        cli="--calculate-per-token-loss --entropy-coef 0.02",
+        rho1="--entropy-filter-denominator all",
+        wholesale_v01=False,
+    ),
     dict(name="cispo", cli="--advantage-estimator cispo", families=("v0.3",)),
-    dict(name="rollout logprobs+unbiased kl", families=("v0.3",), drop_log_probs=True,
-         cli="--use-rollout-logprobs --use-kl-loss --kl-loss-coef 0.2 --kl-loss-type k3 --use-unbiased-kl"),
-    dict(name="mismatch metrics+icepop", families=("v0.3",),
-         cli="--get-mismatch-metrics --custom-tis-function-path slime.backends.megatron_utils.loss.icepop_function "
-         "--tis-clip 1.3 --tis-clip-low 0.8"),
-    dict(name="split rollouts", families=("v0.3",), split=True, rho1="--entropy-filter-denominator all",
-         cli="--use-kl-loss --kl-loss-coef 0.1 --kl-loss-type low_var_kl"),
+    dict(
+        name="rollout logprobs+unbiased kl",
+        families=("v0.3",),
+        drop_log_probs=True,
+        cli="--use-rollout-logprobs --use-kl-loss --kl-loss-coef 0.2 --kl-loss-type k3 --use-unbiased-kl",
+    ),
+    dict(
+        name="mismatch metrics+icepop",
+        families=("v0.3",),
+        cli="--get-mismatch-metrics --custom-tis-function-path slime.backends.megatron_utils.loss.icepop_function "
+        "--tis-clip 1.3 --tis-clip-low 0.8",
+    ),
+    dict(
+        name="split rollouts",
+        families=("v0.3",),
+        split=True,
+        rho1="--entropy-filter-denominator all",
+        cli="--use-kl-loss --kl-loss-coef 0.1 --kl-loss-type low_var_kl",
+    ),
     dict(name="recompute loss", families=("v0.3",), cli="--recompute-loss-function --advantage-estimator gspo"),
     dict(name="dual clip", releases=("head-624b824a8",), cli="--eps-clip-c 1.5"),
 ]
@@ -54,13 +70,23 @@ FILTERED = [
     dict(name="ppo filter 0.2", cli=f"--use-kl-loss --kl-loss-coef 0.1 --entropy-coef 0.01 {FILTER} 0.2"),
     dict(name="gspo filter 0.3", cli=f"--advantage-estimator gspo {FILTER} 0.3"),
     dict(name="tis filter 0.25 all", cli=f"--use-tis {FILTER} 0.25 --entropy-filter-denominator all"),
+    # split rollouts: slime divides the metrics by the step's rollouts; the figures must still be the true ones
+    dict(
+        name="split filter 0.3 all",
+        cli=f"{FILTER} 0.3 --entropy-filter-denominator all",
+        families=("v0.3",),
+        split=True,
+    ),
 ]
 REFUSED = [
     ("v0.3", "--rollout-top-p 0.9", "--rollout-top-p"),
     ("v0.3", "--allgather-cp", "--allgather-cp"),
     ("v0.3", "--use-opsm", "--use-opsm"),
-    ("v0.3", "--custom-pg-loss-reducer-function-path slime.backends.megatron_utils.cp_utils.get_sum_of_sample_mean",
-     "--custom-pg-loss-reducer-function-path"),
+    (
+        "v0.3",
+        "--custom-pg-loss-reducer-function-path slime.backends.megatron_utils.cp_utils.get_sum_of_sample_mean",
+        "--custom-pg-loss-reducer-function-path",
+    ),
     ("v0.3", "split", "--entropy-filter-denominator"),
     ("v0.3.1", "--eps-clip-c 3", "--eps-clip-c"),
     ("v0.1", "--calculate-per-token-loss wholesale-off", "--calculate-per-token-loss"),
@@ -116,6 +142,7 @@ def _worker(rank, world, release, layouts):
             dp_size=mpu.get_data_parallel_world_size(),
             dp_cp_group=mpu.get_data_parallel_group(with_context_parallel=True),
         )
+        results[("layout", tp, cp)] = {"tp_rank": layout["tp_rank"], "cp_rank": layout["cp_rank"]}
 
         def run(cli, *, seed, split=False, hook=False, wholesale=False, drop_log_probs=False):
             samples, schedule, rollout_ids = _inputs(seed, layout["dp_size"], split)
@@ -144,8 +171,11 @@ def _worker(rank, world, release, layouts):
             out["rho1"] = run(f"{cli} {FILTER} 1 {case.get('rho1', '')}", hook=True, **opts)
             results[(tp, cp, case["name"])] = out
         for i, case in enumerate(FILTERED):
+            if not _applies(case, family, release):
+                continue
             cli = _with_kl_type(case["cli"] + " ", family)
-            results[(tp, cp, case["name"])] = {"filtered": run(cli, seed=100 + i, hook=True)}
+            split = case.get("split", False)
+            results[(tp, cp, case["name"])] = {"filtered": run(cli, seed=100 + i, hook=True, split=split)}
         for flags_family, flags, flag in REFUSED:
             if flags_family not in (family, release):
                 continue
@@ -169,7 +199,7 @@ def _worker(rank, world, release, layouts):
 GRAD_TOLERANCE = {"v0.1": 2.0**-8, "v0.3": 1e-5}
 
 
-def _check_same(label, got, expected, *, exact, tp, grad_tolerance=1e-5):
+def _check_same(label, got, expected, *, exact, grad_tolerance=1e-5):
     rel = 0 if exact else 2e-5
     assert got["loss"] == pytest.approx(expected["loss"], rel=rel, abs=0 if exact else 1e-7), f"{label}: loss"
     assert got["keys"][: len(expected["keys"])] == expected["keys"], f"{label}: metric keys {got['keys']}"
@@ -182,19 +212,38 @@ def _check_same(label, got, expected, *, exact, tp, grad_tolerance=1e-5):
             assert torch.equal(got["grads"][key], grad), f"{label}: gradient of row {key}"
         else:
             diff = float((got["grads"][key] - grad).abs().max())
-            assert diff <= grad_tolerance * largest, f"{label}: gradient of row {key} off by {diff} (largest {largest})"
+            assert (
+                diff <= grad_tolerance * largest
+            ), f"{label}: gradient of row {key} off by {diff} (largest {largest})"
 
 
 def _check_reference(label, results, name, case_index, tp, cp, dp, release):
     family = FAMILY[release]
     case = FILTERED[case_index]
-    samples, schedule, _ = _inputs(100 + case_index, dp)
+    samples, schedule, rollout_ids = _inputs(100 + case_index, dp, case.get("split", False))
     args = slime_args(family, f"{BASE} {_with_kl_type(case['cli'] + ' ', family)}", global_batch_size=len(samples))
     config = LossConfig.from_args(args)
     populations = [[i for rank in schedule for i in rank[m]] for m in range(MBS)]
     ref = reference_step(samples, config, populations, global_batch_size=len(samples))
     outs = [r[(tp, cp, name)]["filtered"] for r in results]
     layouts = _layouts_of(results, tp, cp)
+    # slime's reduction weighs each population by its samples' share of the step's rollouts (a whole sample: 1)
+    shares = [1.0] * len(samples)
+    if rollout_ids is not None:
+        sums = rollout_mask_sums(samples, rollout_ids)
+        shares = [
+            float(s.loss_mask.sum()) / float(d) if int(d) != int(s.loss_mask.sum()) else 1.0
+            for s, d in zip(samples, sums, strict=True)
+        ]
+    weights = [sum(shares[i] for i in pop) for pop in populations]
+    mean = lambda key: sum(f[key] * w for f, w in zip(ref["figures"], weights, strict=True)) / sum(
+        weights
+    )  # noqa: E731
+    reported = outs[0]["reported"]
+    assert reported["entropy_token_ratio"] == pytest.approx(mean("ratio"), rel=1e-5), label
+    assert reported["entropy_threshold"] == pytest.approx(mean("tau"), rel=1e-5), label
+    if case.get("split"):
+        return  # the reference has per-sample denominators; the loss at rho = 1 is checked against slime
     total = sum(out["loss"] for out, lay in zip(outs, layouts, strict=True) if lay["tp_rank"] == 0)
     assert total == pytest.approx(ref["loss"], rel=1e-5, abs=1e-7), label
     shard = VOCAB // tp
@@ -202,27 +251,12 @@ def _check_reference(label, results, name, case_index, tp, cp, dp, release):
         cols = slice(lay["tp_rank"] * shard, (lay["tp_rank"] + 1) * shard)
         for (s, pos), grad in out["grads"].items():
             torch.testing.assert_close(grad, ref["grads"][s][pos, cols].float(), rtol=1e-4, atol=2e-7)
-    reported = outs[0]["reported"]
     for key in ("pg_loss", "entropy_loss", "pg_clipfrac", "ppo_kl"):
         assert reported[key] == pytest.approx(ref["reported"][key], rel=1e-4, abs=1e-6), f"{label} {key}"
-    mean = lambda key: sum(f[key] for f in ref["figures"]) / len(ref["figures"])  # noqa: E731 - equal weights
-    assert reported["entropy_token_ratio"] == pytest.approx(mean("ratio"), rel=1e-5), label
-    assert reported["entropy_threshold"] == pytest.approx(mean("tau"), rel=1e-5), label
 
 
 def _layouts_of(results, tp, cp):
     return [r[("layout", tp, cp)] for r in results]
-
-
-def _worker_with_layouts(rank, world, release, layouts):
-    from megatron.core import parallel_state as mpu
-
-    out = _worker(rank, world, release, layouts)
-    # the rank's place in each layout, recomputed the way Megatron orders ranks (tp fastest, then cp, then dp)
-    for tp, cp in layouts:
-        out[("layout", tp, cp)] = dict(tp_rank=rank % tp, cp_rank=(rank // tp) % cp)
-    del mpu
-    return out
 
 
 LAYOUTS = [(2, 1), (1, 2)]  # TP2 x DP2, TP1 x CP2 x DP2 on 4 ranks
@@ -232,8 +266,7 @@ LAYOUTS = [(2, 1), (1, 2)]  # TP2 x DP2, TP1 x CP2 x DP2 on 4 ranks
 def test_loss_inside_slime(release):
     slime_tree(release)  # skips (or fails in CI) without the tree
     family = FAMILY[release]
-    results = run_world(_worker_with_layouts, 4, args=(release, LAYOUTS), timeout=600)
-    results = [r for r in results]
+    results = run_world(_worker, 4, args=(release, LAYOUTS), timeout=600)
     for tp, cp in LAYOUTS:
         dp = 4 // (tp * cp)
         where = f"slime {release} TP{tp} CP{cp} DP{dp}"
@@ -243,13 +276,21 @@ def test_loss_inside_slime(release):
             for rank, res in enumerate(results):
                 out = res[(tp, cp, case["name"])]
                 label = f"{where} rank {rank} [{case['name']}]"
-                _check_same(f"{label} hook, filter off", out["hook"], out["slime"], exact=True, tp=tp)
+                _check_same(f"{label} hook, filter off", out["hook"], out["slime"], exact=True)
                 if "wholesale" in out:
-                    _check_same(f"{label} loss_function, filter off", out["wholesale"], out["slime"], exact=True, tp=tp)
+                    _check_same(f"{label} loss_function, filter off", out["wholesale"], out["slime"], exact=True)
                 _check_same(
-                    f"{label} rho=1", out["rho1"], out["slime"], exact=False, tp=tp, grad_tolerance=GRAD_TOLERANCE[family]
+                    f"{label} rho=1",
+                    out["rho1"],
+                    out["slime"],
+                    exact=False,
+                    grad_tolerance=GRAD_TOLERANCE[family],
                 )
+                # every valid token kept; reported in slime's units (main divides by rollouts, not samples)
+                assert out["rho1"]["reported"]["entropy_token_ratio"] == pytest.approx(1.0, rel=1e-6), label
         for i, case in enumerate(FILTERED):
+            if not _applies(case, family, release):
+                continue
             _check_reference(f"{where} [{case['name']}]", results, case["name"], i, tp, cp, dp, release)
         for flags_family, flags, flag in REFUSED:
             if flags_family not in (family, release):
