@@ -18,7 +18,7 @@ import torch
 
 from slime_entropy.config import LossConfig
 from tests.distributed import run_world
-from tests.loss.harness import make_samples
+from tests.loss.harness import make_samples, megatron_layout
 from tests.loss.reference import reference_step
 from tests.slime_trees import SLIME_RELEASES, slime_tree
 
@@ -133,15 +133,7 @@ def _worker(rank, world, release, layouts):
         if mpu.model_parallel_is_initialized():
             mpu.destroy_model_parallel()
         mpu.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
-        layout = dict(
-            tp_rank=mpu.get_tensor_model_parallel_rank(),
-            tp_size=tp,
-            cp_rank=mpu.get_context_parallel_rank(),
-            cp_size=cp,
-            dp_rank=mpu.get_data_parallel_rank(),
-            dp_size=mpu.get_data_parallel_world_size(),
-            dp_cp_group=mpu.get_data_parallel_group(with_context_parallel=True),
-        )
+        layout = megatron_layout(tp, cp)
         results[("layout", tp, cp)] = {"tp_rank": layout["tp_rank"], "cp_rank": layout["cp_rank"]}
 
         def run(cli, *, seed, split=False, hook=False, wholesale=False, drop_log_probs=False):
