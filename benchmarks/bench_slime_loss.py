@@ -17,7 +17,8 @@ Flags: ``--eps-clip 0.2 --eps-clip-high 0.28 --rollout-temperature 0.8``, GRPO a
 tokens (64-token prompts), 20% of response tokens masked.
 
 Time: each release runs in its own process (the trees all define the package ``slime``), variants interleaved
-(slime, ours, slime, ours, ...) after two warm-up calls each; median of ``--reps``. Peak extra memory: each
+(slime, ours, slime, ours, ...) after two warm-up calls each; medians of ``--reps``, and the median of the
+per-rep ratios (robust to the shared machine's load drifting between reps). Peak extra memory: each
 (release, variant) in a fresh process with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` (every allocation >= 64 KiB
 is its own mmap, returned when freed, so resident memory tracks live tensors), ``VmHWM - VmRSS`` around one call
 after warm-up; it includes the logits gradient (4 B per logits element).
@@ -190,13 +191,19 @@ def main(argv=None):
                 "time_runs_s": timing["all"],
                 "extra_peak_bytes": memory,
                 "time_ratio": timing["ours"] / timing["slime"],
+                # each rep times slime then ours back to back: the median of the paired ratios is robust to the
+                # shared machine's load drifting between reps
+                "time_ratio_paired_median": statistics.median(
+                    o / s for o, s in zip(timing["all"]["ours"], timing["all"]["slime"], strict=True)
+                ),
                 "memory_ratio": memory["ours"] / memory["slime"],
             }
         )
         print(
             f"{release:>16}  slime {timing['slime']:.3f} s {memory['slime'] / 2**20:8.0f} MiB   "
             f"ours {timing['ours']:.3f} s {memory['ours'] / 2**20:8.0f} MiB   "
-            f"time x{rows[-1]['time_ratio']:.2f}  extra memory x{rows[-1]['memory_ratio']:.2f}",
+            f"time x{rows[-1]['time_ratio']:.2f} (paired x{rows[-1]['time_ratio_paired_median']:.2f})  "
+            f"extra memory x{rows[-1]['memory_ratio']:.2f}",
             flush=True,
         )
     result = {
