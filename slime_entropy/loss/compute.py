@@ -108,14 +108,16 @@ def slime_reducer(layout: ResponseLayout, batch: Mapping, per_token: bool) -> Re
     return sample_mean_reducer(local_masks, denominators, per_token)
 
 
-def metric_weight(batch: Mapping, per_token: bool) -> torch.Tensor:
+def metric_weight(batch: Mapping, per_token: bool, metric_style: str = "v0.3") -> torch.Tensor:
     """slime's reporting weight of a micro-batch: what slime divides the summed metrics by, this micro-batch's part.
 
     Per-sample mode: the sample count (slime v0.1), or with slime >= 0.3's per-rollout denominators the number of
     rollouts, each sample counting as its share ``mask_sum / rollout_mask_sum`` of its rollout (1 when the rollout
     is the sample alone, also for a sample without valid tokens). Per-token mode: the number of valid tokens, each
-    sample counting at least 1, as slime does.
+    sample counting at least 1, as slime does (slime v0.1.0, ``metric_style`` 'v0.1': all response tokens).
     """
+    if per_token and metric_style == "v0.1":
+        return torch.tensor(float(sum(batch["response_lengths"])), dtype=torch.float64)
     if per_token:
         counts = [torch.clamp_min(mask.sum(), 1) for mask in batch["loss_masks"]]
         return torch.stack(counts).sum().double().cpu() if counts else torch.tensor(0.0, dtype=torch.float64)
@@ -268,6 +270,7 @@ def _high_entropy_tokens(
     valid_tok: torch.Tensor,
     mask_dtype: torch.dtype,
     base: Reducer,
+    metric_style: str,
 ) -> _GradientTokens:
     """The filter: tau over the scope's population, kept = valid & H >= tau, the rebuilt reducer, the metrics."""
     filt, per_token = config.entropy_filter, config.policy.per_token_loss
@@ -281,7 +284,7 @@ def _high_entropy_tokens(
             "here: use --entropy-filter-denominator all (slime's per-rollout denominators, numerators over kept "
             "tokens; equal to slime at --entropy-percentile 1)"
         )
-    weight_local = metric_weight(batch, per_token)
+    weight_local = metric_weight(batch, per_token, metric_style)
 
     def describe() -> str:
         bad = [i for i, part in enumerate(entropy.split(lengths)) if part.numel() and not torch.isfinite(part).all()]
@@ -425,7 +428,7 @@ def compute_policy_loss(
     sum_of_sample_mean: Reducer | None = None,
     *,
     tis_hook: TisHook | None = None,
-    metric_style: str = "v0.1",
+    metric_style: str = "standalone",
     on_log_probs: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> PolicyLossResult:
     """slime's policy loss of one micro-batch (filter off: slime's semantics), with the filter.
@@ -438,8 +441,10 @@ def compute_policy_loss(
         sum_of_sample_mean: slime's reducer for this micro-batch; None builds the identical one.
         tis_hook: slime >= 0.3's TIS function (run when --use-tis or --get-mismatch-metrics); None: slime v0.1's
             inline TIS (--use-tis only).
-        metric_style: 'v0.1' (v0.1.0's metric keys) or 'v0.3' (adds ``train_rollout_logprob_abs_diff`` whenever
-            rollout log-probs are present, the TIS function's metrics and ``opd_reverse_kl``, in slime's order).
+        metric_style: the units and keys of the slime release calling: 'v0.1' (v0.1.0's keys; per-token weight:
+            all response tokens), 'v0.3' (adds ``train_rollout_logprob_abs_diff`` whenever rollout log-probs are
+            present, the TIS function's metrics and ``opd_reverse_kl``, in slime's order) or 'standalone' (this
+            project's trainer: v0.1.0's keys, the fixed per-token weights).
         on_log_probs: called with the per-sample current log-probs (slime main's train-dump capture).
 
     Returns:
@@ -474,7 +479,9 @@ def compute_policy_loss(
             torch.cat(local_masks).to(device) > 0 if lengths else torch.zeros(0, dtype=torch.bool, device=device)
         )
         mask_dtype = local_masks[0].dtype if local_masks else torch.int64
-        tokens = _high_entropy_tokens(config, groups, batch, lengths, entropy.detach(), valid_tok, mask_dtype, base)
+        tokens = _high_entropy_tokens(
+            config, groups, batch, lengths, entropy.detach(), valid_tok, mask_dtype, base, metric_style
+        )
     else:
         tokens = _all_valid_tokens(batch, local_masks, base, device)
 

@@ -53,7 +53,7 @@ def policy_loss_function(args: argparse.Namespace, batch: Mapping, logits: torch
             "which needs slime_entropy.loss.loss_function outside slime (it reports that count to Megatron); "
             "through slime's loss use --entropy-filter-denominator all, or per-sample loss"
         )
-    tis_hook, style, capture = None, "v0.1", None
+    tis_hook, style, capture = None, "standalone", None
     if release is not None:
         _check_release_options(args, release)
         style = release.family
@@ -204,7 +204,7 @@ def loss_function(args: argparse.Namespace, batch: Mapping, num_microbatches: in
     else:
         raise ValueError(f"--loss-type {loss_type!r} is not supported by slime_entropy (policy_loss, custom_loss)")
 
-    weight = metric_weight(batch, per_token)
+    weight = metric_weight(batch, per_token, release.family if release is not None else "standalone")
     if per_token:
         if num_tokens is None:
             num_tokens = weight.round().to(torch.int64)
