@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 
 import torch
 
-from slime_entropy.testing.slime_source import slime_loss_args
+from slime_entropy.testing.slime_source import CP_UTILS, slime_loss_args
 from tests.loss.harness import build_rank_input, megatron_outcome
 
 OUR_LOSS = "slime_entropy.loss.policy_loss_function"
@@ -30,6 +31,28 @@ def rollout_mask_sums(samples, rollout_ids):
     return [torch.tensor(totals[rid]) for rid in rollout_ids]
 
 
+_PER_TOKEN_FIELDS = {
+    "advantages": "advantages",
+    "log_probs": "old_log_probs",
+    "ref_log_probs": "ref_log_probs",
+    "rollout_log_probs": "rollout_log_probs",
+}
+
+
+def _take_slime_data_path(batch, row_map, samples):
+    """Per-token fields CP-sliced by slime's own ``slice_log_prob_with_cp`` (the actor's data path), and the
+    harness's logits rows checked against slime's own ``slice_with_cp`` of each sequence."""
+    cp_utils = sys.modules[CP_UTILS]
+    for j, sample in enumerate(samples):
+        for key, attribute in _PER_TOKEN_FIELDS.items():
+            full = getattr(sample, attribute).float().tolist()  # v0.1.0 slices Python lists
+            local = cp_utils.slice_log_prob_with_cp(full, sample.total_len, sample.response_len)
+            batch[key][j] = torch.tensor(local, dtype=torch.float32)
+    slime_rows = torch.cat([cp_utils.slice_with_cp(torch.arange(s.total_len), -1) for s in samples]).tolist()
+    harness_rows = [position for _, position in row_map[: len(slime_rows)]]
+    assert harness_rows == slime_rows, "the harness's CP layout differs from slime's slice_with_cp"
+
+
 def run_slime_rank(loss_module, family, args, samples, schedule, layout, *, rollout_ids=None, drop_log_probs=False):
     """Every micro-batch of this rank through ``loss_module.loss_function``; returns the effective loss, the
     effective gradient of every owned logits row (keyed (sample, position)), the reported metrics and keys."""
@@ -43,6 +66,7 @@ def run_slime_rank(loss_module, family, args, samples, schedule, layout, *, roll
     for m, ids in enumerate(micro_batches):
         rank_input = build_rank_input(samples, ids, *where, seed=m)
         batch = rank_input.batch
+        _take_slime_data_path(batch, rank_input.row_map, [samples[i] for i in ids])
         if family == "v0.3":
             batch["rollout_mask_sums"] = [denominators[i] for i in ids]
             if drop_log_probs:
