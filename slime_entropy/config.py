@@ -161,7 +161,8 @@ class PolicyLossConfig:
             self.mode in POLICY_LOSS_MODES and self.mode != "auto", f"--policy-loss-mode: unknown mode {self.mode!r}"
         )
         problems.check(self.temperature > 0, f"--rollout-temperature must be > 0, got {self.temperature}")
-        problems.check(0 <= self.eps_clip < 1, f"--eps-clip must lie in [0, 1), got {self.eps_clip}")
+        # slime accepts any eps_clip >= 0 (CISPO runs use 1.0: no lower clip); 1 - eps_clip <= 0 never binds
+        problems.check(self.eps_clip >= 0, f"--eps-clip must be >= 0, got {self.eps_clip}")
         problems.check(self.eps_clip_high >= 0, f"--eps-clip-high must be >= 0, got {self.eps_clip_high}")
         problems.check(
             self.dual_clip_c is None or self.dual_clip_c > 1.0,
