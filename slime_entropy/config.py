@@ -232,6 +232,8 @@ class LossConfig:
     policy: PolicyLossConfig
     entropy_filter: EntropyFilterConfig
     kernel: KernelConfig
+    #: slime_entropy's own loss features in use (flags); empty: the loss is slime's policy loss
+    own_features: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LossConfig:
@@ -293,7 +295,7 @@ class LossConfig:
             not (args.use_tis and mode in ("gmpo",)),
             "--use-tis is not defined for the sequence-level gmpo objective",
         )
-        _refuse_unfiltered_only(args, filter_on, problems)
+        _refuse_unfiltered_only(args, _own_features(args, filter_on, mode), problems)
         problems.raise_if_any("loss flags")
 
         eps_clip_high = args.eps_clip if args.eps_clip_high is None else args.eps_clip_high
@@ -345,40 +347,59 @@ class LossConfig:
             # Megatron's --vocab-size; slime always has it (None when the tokenizer decides).
             vocab_size=getattr(args, "vocab_size", None),
         )
-        config = cls(policy=policy, entropy_filter=entropy_filter, kernel=kernel)
+        config = cls(
+            policy=policy,
+            entropy_filter=entropy_filter,
+            kernel=kernel,
+            own_features=tuple(_own_features(args, filter_on, mode)),
+        )
         _log_once(config)
         return config
 
 
-# slime (>= 0.3) options that change the policy loss in ways the filtered loss does not reproduce: with the filter
-# off slime's own policy loss runs them; with it on they are refused here. dest -> (is it set?, the alternative).
+# slime (>= 0.3) options that change the policy loss in ways slime_entropy's loss does not reproduce: without our
+# loss features slime's own policy loss runs them; with any they are refused here. dest -> (set?, flag, fix).
 _UNFILTERED_ONLY = {
     "rollout_top_p": (
         lambda v: v is not None and float(v) != 1.0,
         "--rollout-top-p",
-        "sample with --rollout-top-p 1.0 (the filtered loss scores the full vocabulary), or drop the filter",
+        "sample with --rollout-top-p 1.0 (slime_entropy's loss scores the full vocabulary), or drop {features}",
     ),
     "allgather_cp": (
         bool,
         "--allgather-cp",
-        "use slime's default zigzag context parallelism (drop --allgather-cp), or drop the filter",
+        "use slime's default zigzag context parallelism (drop --allgather-cp), or drop {features}",
     ),
-    "use_opsm": (bool, "--use-opsm", "drop --use-opsm, or drop the filter"),
+    "use_opsm": (bool, "--use-opsm", "drop --use-opsm, or drop {features}"),
     "custom_pg_loss_reducer_function_path": (
         lambda v: v is not None,
         "--custom-pg-loss-reducer-function-path",
-        "the filter is itself the policy-gradient reducer: drop the custom reducer, or drop the filter",
+        "slime_entropy's loss builds the policy-gradient reducer: drop the custom reducer, or drop {features}",
     ),
 }
 
 
-def _refuse_unfiltered_only(args, filter_on: bool, problems: _Problems) -> None:
-    if not filter_on:
+def _own_features(args, filter_on: bool, mode: str) -> list[str]:
+    """slime_entropy's loss features in use. With none, inside slime the loss is slime's own policy loss; with any,
+    it is slime_entropy's (``loss.slime_api``), which reproduces slime's options or refuses them."""
+    features = ["--high-entropy-token-filter"] if filter_on else []
+    if mode in ("gpg", "clip_cov", "kl_cov", "gmpo"):
+        features.append(f"--policy-loss-mode {mode}")
+    if args.dual_clip_c is not None:
+        features.append("--dual-clip-c")
+    if args.entropy_advantage_alpha:
+        features.append("--entropy-advantage-alpha")
+    return features
+
+
+def _refuse_unfiltered_only(args, features: list[str], problems: _Problems) -> None:
+    if not features:
         return
+    named = ", ".join(features)
     for dest, (is_set, flag, alternative) in _UNFILTERED_ONLY.items():
         problems.check(
             not is_set(getattr(args, dest, None)),
-            f"{flag} is not supported with --high-entropy-token-filter: {alternative}",
+            f"{flag} is not supported with {named}: {alternative.format(features=named)}",
         )
 
 

@@ -35,17 +35,18 @@ __all__ = ["policy_loss_function", "loss_function", "get_log_probs_and_entropy"]
 def policy_loss_function(args: argparse.Namespace, batch: Mapping, logits: torch.Tensor, sum_of_sample_mean):
     """slime's policy loss with the high-entropy token filter. Returns (loss, metrics).
 
-    Inside slime (its loss module is imported; ``slime_release``): with the filter off this *is* slime's own
-    ``policy_loss_function`` of the running release (every slime option, metric and rounding exactly slime's);
-    with it on, ``compute_policy_loss`` computes the documented filter semantics with slime's options of that
-    release reproduced or refused by name (``config``). Outside slime it is ``compute_policy_loss`` (slime v0.1.0
+    Inside slime (its loss module is imported; ``slime_release``): without slime_entropy's loss features (the
+    filter, --policy-loss-mode gpg/clip_cov/kl_cov/gmpo, --dual-clip-c, entropy advantage shaping) this *is*
+    slime's own ``policy_loss_function`` of the running release (every slime option, metric and rounding exactly
+    slime's); with any of them, ``compute_policy_loss`` computes the documented semantics with slime's options of
+    that release reproduced or refused by name (``config``). Outside slime it is ``compute_policy_loss`` (slime v0.1.0
     semantics). Per-token loss with kept-token normalisation cannot be expressed through slime's hook (the token
     count is slime's) and is refused with the alternatives.
     """
     config = LossConfig.from_args(args)
     release = detect_slime_release()
     filt = config.entropy_filter
-    if release is not None and not filt.enabled:
+    if release is not None and not config.own_features:
         return release.loss_module.policy_loss_function(args, batch, logits, sum_of_sample_mean)
     if filt.enabled and config.policy.per_token_loss and filt.denominator == "kept":
         raise ValueError(
@@ -78,11 +79,11 @@ def policy_loss_function(args: argparse.Namespace, batch: Mapping, logits: torch
 
 
 def _check_release_options(args: argparse.Namespace, release: SlimeRelease) -> None:
-    """Refusals that depend on the running slime release (the filter is on)."""
+    """Refusals that depend on the running slime release (slime_entropy's loss features are in use)."""
     if getattr(args, "eps_clip_c", None) is not None and not release.dual_clip:
         raise ValueError(
-            "--eps-clip-c is registered by this slime release but its own policy loss never applies it, so the "
-            "filtered loss cannot be both equal to slime and dual-clipped: drop --eps-clip-c, or use "
+            "--eps-clip-c is registered by this slime release but its own policy loss never applies it, so "
+            "slime_entropy's loss cannot be both equal to slime and dual-clipped: drop --eps-clip-c, or use "
             "slime_entropy's --dual-clip-c to dual-clip explicitly, or upgrade slime (main applies it)"
         )
 

@@ -86,3 +86,15 @@ def test_loss_function_takes_both_signatures():
     assert torch.equal(record_v01["values"][1:], record_v03["values"][1:])
     with pytest.raises(TypeError, match="step_global_batch_size"):
         loss_function(_args(FILTER), {}, 1, 6, 6, torch.zeros(1, 1, 1))
+
+
+def test_own_loss_features_select_slime_entropys_loss():
+    from slime_entropy.config import LossConfig
+
+    assert LossConfig.from_args(_args("")).own_features == ()
+    features = LossConfig.from_args(_args("--policy-loss-mode gpg --entropy-advantage-alpha 0.1"))
+    assert features.own_features == ("--policy-loss-mode gpg", "--entropy-advantage-alpha")
+    assert LossConfig.from_args(_args("--dual-clip-c 3")).own_features == ("--dual-clip-c",)
+    # slime's own loss would run top-p replay; slime_entropy's does not, so the combination is refused by name
+    with pytest.raises(ValueError, match="--rollout-top-p is not supported with --policy-loss-mode gpg"):
+        LossConfig.from_args(_args("--rollout-top-p 0.9 --policy-loss-mode gpg"))

@@ -64,7 +64,8 @@ CASES = [
         cli="--use-kl-loss --kl-loss-coef 0.1 --kl-loss-type low_var_kl",
     ),
     dict(name="recompute loss", families=("v0.3",), cli="--recompute-loss-function --advantage-estimator gspo"),
-    dict(name="dual clip", releases=("head-624b824a8",), cli="--eps-clip-c 1.5"),
+    # own: slime_entropy's --dual-clip-c, filter off: our loss (not slime's), equal to slime's --eps-clip-c
+    dict(name="dual clip", releases=("head-624b824a8",), cli="--eps-clip-c 1.5", own="--dual-clip-c 1.5"),
 ]
 FILTERED = [
     dict(name="ppo filter 0.2", cli=f"--use-kl-loss --kl-loss-coef 0.1 --entropy-coef 0.01 {FILTER} 0.2"),
@@ -161,6 +162,8 @@ def _worker(rank, world, release, layouts):
             if family == "v0.3" or case.get("wholesale_v01", True):
                 out["wholesale"] = run(cli, wholesale=True, **opts)
             out["rho1"] = run(f"{cli} {FILTER} 1 {case.get('rho1', '')}", hook=True, **opts)
+            if "own" in case:
+                out["own"] = run(case["own"], hook=True, **opts)
             results[(tp, cp, case["name"])] = out
         for i, case in enumerate(FILTERED):
             if not _applies(case, family, release):
@@ -278,6 +281,8 @@ def test_loss_inside_slime(release):
                     exact=False,
                     grad_tolerance=GRAD_TOLERANCE[family],
                 )
+                if "own" in out:
+                    _check_same(f"{label} {case['own']}", out["own"], out["slime"], exact=False)
                 # every valid token kept; reported in slime's units (main divides by rollouts, not samples)
                 assert out["rho1"]["reported"]["entropy_token_ratio"] == pytest.approx(1.0, rel=1e-6), label
         for i, case in enumerate(FILTERED):
