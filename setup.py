@@ -53,6 +53,8 @@ setup(
             "slime-entropy-analyze = slime_entropy.analysis.cli:main",
             "slime-entropy-eval = slime_entropy.evaluation.cli:main",
             "slime-entropy-ablation = slime_entropy.analysis.ablation:main",
+            # slime's own train.py / train_async.py with our flags: slime-entropy-slime train.py [flags]
+            "slime-entropy-slime = slime_entropy.slime.__main__:main",
         ],
     },
 )
