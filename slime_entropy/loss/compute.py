@@ -469,7 +469,7 @@ def compute_policy_loss(
     )
     rollout_log_probs = (
         _cat(batch["rollout_log_probs"], "rollout_log_probs", num_local, device).float()
-        if _present(batch, "rollout_log_probs") and len(batch["rollout_log_probs"])
+        if _present(batch, "rollout_log_probs")
         else None
     )
     old_log_probs = rollout_log_probs if pol.use_rollout_logprobs else train_log_probs
@@ -544,7 +544,7 @@ def compute_policy_loss(
         "pg_clipfrac": reduce_terms(clipfrac_tok).detach(),
         "ppo_kl": reduce_terms(ppo_kl).detach(),
     }
-    if metric_style == "v0.3" and rollout_log_probs is not None:
+    if metric_style == "v0.3" and batch.get("rollout_log_probs"):  # slime reports it iff the list is non-empty
         compared = log_probs if pol.use_rollout_logprobs else old_log_probs
         metrics["train_rollout_logprob_abs_diff"] = reduce_terms((compared - rollout_log_probs).abs()).detach()
     if pol.use_kl_loss:
