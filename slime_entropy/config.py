@@ -122,6 +122,10 @@ class PolicyLossConfig:
         use_kl_loss, kl_loss_coef, kl_loss_type: KL to the reference policy added to the loss.
         use_tis, tis_clip, tis_clip_low: truncated importance sampling against rollout log-probs.
         per_token_loss: slime's --calculate-per-token-loss.
+        use_rollout_logprobs: the old policy is the rollout engine's log-probs (slime >= 0.3 --use-rollout-logprobs).
+        mismatch_metrics: slime >= 0.3 --get-mismatch-metrics (runs the TIS function, as slime does).
+        unbiased_kl: slime >= 0.3 --use-unbiased-kl (KL term weighted by exp(logp - old), gradient through both).
+        tis_function_path: slime >= 0.3 --custom-tis-function-path (None: slime's vanilla TIS).
         clip_cov_*, kl_cov_*: parameters of those modes.
         advantage_alpha, advantage_kappa: entropy advantage shaping (alpha = 0: off).
     """
@@ -139,6 +143,10 @@ class PolicyLossConfig:
     tis_clip: float = 2.0
     tis_clip_low: float = 0.0
     per_token_loss: bool = False
+    use_rollout_logprobs: bool = False
+    mismatch_metrics: bool = False
+    unbiased_kl: bool = False
+    tis_function_path: str | None = None
     clip_cov_ratio: float = 2e-4
     clip_cov_lb: float = 1.0
     clip_cov_ub: float = 5.0
@@ -153,7 +161,8 @@ class PolicyLossConfig:
             self.mode in POLICY_LOSS_MODES and self.mode != "auto", f"--policy-loss-mode: unknown mode {self.mode!r}"
         )
         problems.check(self.temperature > 0, f"--rollout-temperature must be > 0, got {self.temperature}")
-        problems.check(0 <= self.eps_clip < 1, f"--eps-clip must lie in [0, 1), got {self.eps_clip}")
+        # slime accepts any eps_clip >= 0 (CISPO runs use 1.0: no lower clip); 1 - eps_clip <= 0 never binds
+        problems.check(self.eps_clip >= 0, f"--eps-clip must be >= 0, got {self.eps_clip}")
         problems.check(self.eps_clip_high >= 0, f"--eps-clip-high must be >= 0, got {self.eps_clip_high}")
         problems.check(
             self.dual_clip_c is None or self.dual_clip_c > 1.0,
@@ -223,6 +232,8 @@ class LossConfig:
     policy: PolicyLossConfig
     entropy_filter: EntropyFilterConfig
     kernel: KernelConfig
+    #: slime_entropy's own loss features in use (flags); empty: the loss is slime's policy loss
+    own_features: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LossConfig:
@@ -284,6 +295,7 @@ class LossConfig:
             not (args.use_tis and mode in ("gmpo",)),
             "--use-tis is not defined for the sequence-level gmpo objective",
         )
+        _refuse_unfiltered_only(args, _own_features(args, filter_on, mode), problems)
         problems.raise_if_any("loss flags")
 
         eps_clip_high = args.eps_clip if args.eps_clip_high is None else args.eps_clip_high
@@ -301,6 +313,10 @@ class LossConfig:
             tis_clip=float(args.tis_clip),
             tis_clip_low=float(args.tis_clip_low),
             per_token_loss=bool(args.calculate_per_token_loss),
+            use_rollout_logprobs=bool(getattr(args, "use_rollout_logprobs", False)),
+            mismatch_metrics=bool(getattr(args, "get_mismatch_metrics", False)),
+            unbiased_kl=bool(getattr(args, "use_unbiased_kl", False)),
+            tis_function_path=getattr(args, "custom_tis_function_path", None),
             **_given(args, ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "kl_cov_coef")),
             advantage_alpha=float(args.entropy_advantage_alpha),
             **({"advantage_kappa": args.entropy_advantage_kappa} if args.entropy_advantage_kappa is not None else {}),
@@ -331,9 +347,60 @@ class LossConfig:
             # Megatron's --vocab-size; slime always has it (None when the tokenizer decides).
             vocab_size=getattr(args, "vocab_size", None),
         )
-        config = cls(policy=policy, entropy_filter=entropy_filter, kernel=kernel)
+        config = cls(
+            policy=policy,
+            entropy_filter=entropy_filter,
+            kernel=kernel,
+            own_features=tuple(_own_features(args, filter_on, mode)),
+        )
         _log_once(config)
         return config
+
+
+# slime (>= 0.3) options that change the policy loss in ways slime_entropy's loss does not reproduce: without our
+# loss features slime's own policy loss runs them; with any they are refused here. dest -> (set?, flag, fix).
+_UNFILTERED_ONLY = {
+    "rollout_top_p": (
+        lambda v: v is not None and float(v) != 1.0,
+        "--rollout-top-p",
+        "sample with --rollout-top-p 1.0 (slime_entropy's loss scores the full vocabulary), or drop {features}",
+    ),
+    "allgather_cp": (
+        bool,
+        "--allgather-cp",
+        "use slime's default zigzag context parallelism (drop --allgather-cp), or drop {features}",
+    ),
+    "use_opsm": (bool, "--use-opsm", "drop --use-opsm, or drop {features}"),
+    "custom_pg_loss_reducer_function_path": (
+        lambda v: v is not None,
+        "--custom-pg-loss-reducer-function-path",
+        "slime_entropy's loss builds the policy-gradient reducer: drop the custom reducer, or drop {features}",
+    ),
+}
+
+
+def _own_features(args, filter_on: bool, mode: str) -> list[str]:
+    """slime_entropy's loss features in use. With none, inside slime the loss is slime's own policy loss; with any,
+    it is slime_entropy's (``loss.slime_api``), which reproduces slime's options or refuses them."""
+    features = ["--high-entropy-token-filter"] if filter_on else []
+    if mode in ("gpg", "clip_cov", "kl_cov", "gmpo"):
+        features.append(f"--policy-loss-mode {mode}")
+    if args.dual_clip_c is not None:
+        features.append("--dual-clip-c")
+    if args.entropy_advantage_alpha:
+        features.append("--entropy-advantage-alpha")
+    return features
+
+
+def _refuse_unfiltered_only(args, features: list[str], problems: _Problems) -> None:
+    if not features:
+        return
+    named = ", ".join(features)
+    for dest, (is_set, flag, alternative) in _UNFILTERED_ONLY.items():
+        problems.check(
+            not is_set(getattr(args, dest, None)),
+            f"{flag} is not supported with {named}: {alternative.format(features=named)}",
+        )
 
 
 def _given(args, dests, rename=None) -> dict:

@@ -89,7 +89,7 @@ def test_all_problems_reported_at_once():
         ("--entropy-advantage-alpha 0.4 --entropy-advantage-kappa 0.5", "--entropy-advantage-kappa must be >= 1"),
         ("--tis-clip 1 --tis-clip-low 2", "--tis-clip-low"),
         ("--policy-loss-mode clip_cov --clip-cov-lb 5 --clip-cov-ub 1", "--clip-cov-lb"),
-        ("--kl-loss-type k3 --eps-clip 1.5", "--eps-clip must lie in [0, 1)"),
+        ("--kl-loss-type k3 --eps-clip -0.1", "--eps-clip must be >= 0"),
         ("--policy-loss-mode gpg --dual-clip-c 3", "--dual-clip-c applies"),
     ],
 )

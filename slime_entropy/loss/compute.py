@@ -18,7 +18,7 @@ Data flow for one micro-batch on one rank::
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -57,21 +57,35 @@ class PolicyLossResult:
     num_tokens: torch.Tensor | None
 
 
-_REQUIRED_KEYS = ("unconcat_tokens", "total_lengths", "response_lengths", "loss_masks", "advantages", "log_probs")
+_REQUIRED_KEYS = ("unconcat_tokens", "total_lengths", "response_lengths", "loss_masks", "advantages")
 
 
 def _check_batch(batch: Mapping, config: LossConfig) -> None:
+    pol = config.policy
     needed = list(_REQUIRED_KEYS)
-    if config.policy.use_kl_loss:
+    why = {}
+    if pol.use_kl_loss:
         needed.append("ref_log_probs")
-    if config.policy.use_tis:
-        needed.append("rollout_log_probs")
-    missing = [key for key in needed if key not in batch]
+        why["ref_log_probs"] = " (needed by --use-kl-loss)"
+    for flag, on in (
+        ("--use-rollout-logprobs", pol.use_rollout_logprobs),
+        ("--get-mismatch-metrics", pol.mismatch_metrics),
+        ("--use-tis", pol.use_tis),
+    ):
+        if on and "rollout_log_probs" not in needed:
+            needed.append("rollout_log_probs")
+            why["rollout_log_probs"] = f" (needed by {flag})"
+    missing = [key for key in needed if not _present(batch, key)]
     if missing:
-        why = {"ref_log_probs": " (needed by --use-kl-loss)", "rollout_log_probs": " (needed by --use-tis)"}
         raise KeyError(
             "micro-batch lacks " + ", ".join(f"'{k}'{why.get(k, '')}" for k in missing) + f"; it has {sorted(batch)}"
         )
+
+
+def _present(batch: Mapping, key: str) -> bool:
+    # slime >= 0.3 stores None (or an empty list) for per-token fields it did not compute
+    value = batch.get(key)
+    return value is not None and (len(value) > 0 or len(batch["loss_masks"]) == 0)
 
 
 def _cat(parts, name: str, expected: int, device) -> torch.Tensor:
@@ -94,13 +108,39 @@ def slime_reducer(layout: ResponseLayout, batch: Mapping, per_token: bool) -> Re
     return sample_mean_reducer(local_masks, denominators, per_token)
 
 
-def metric_weight(batch: Mapping, per_token: bool) -> torch.Tensor:
-    """slime's ``values[0]`` for a micro-batch: the sample count, or in per-token mode the number of valid tokens
-    (each sample counting at least 1, as slime does)."""
-    if not per_token:
+def metric_weight(batch: Mapping, per_token: bool, metric_style: str = "v0.3") -> torch.Tensor:
+    """slime's reporting weight of a micro-batch: what slime divides the summed metrics by, this micro-batch's part.
+
+    Per-sample mode: the sample count (slime v0.1), or with slime >= 0.3's per-rollout denominators the number of
+    rollouts, each sample counting as its share ``mask_sum / rollout_mask_sum`` of its rollout (1 when the rollout
+    is the sample alone, also for a sample without valid tokens). Per-token mode: the number of valid tokens, each
+    sample counting at least 1, as slime does (slime v0.1.0, ``metric_style`` 'v0.1': all response tokens).
+    """
+    if per_token and metric_style == "v0.1":
+        return torch.tensor(float(sum(batch["response_lengths"])), dtype=torch.float64)
+    if per_token:
+        counts = [torch.clamp_min(mask.sum(), 1) for mask in batch["loss_masks"]]
+        return torch.stack(counts).sum().double().cpu() if counts else torch.tensor(0.0, dtype=torch.float64)
+    rollout_sums = batch.get("rollout_mask_sums")
+    if rollout_sums is None:
         return torch.tensor(float(len(batch["response_lengths"])), dtype=torch.float64)
-    counts = [torch.clamp_min(mask.sum(), 1) for mask in batch["loss_masks"]]
-    return torch.stack(counts).sum().double() if counts else torch.tensor(0.0, dtype=torch.float64)
+    shares = [
+        1.0 if int(total) == int(mask.sum()) else float(mask.sum()) / float(total)
+        for mask, total in zip(batch["loss_masks"], rollout_sums, strict=True)
+    ]
+    return torch.tensor(sum(shares), dtype=torch.float64)
+
+
+def _split_rollouts(batch: Mapping) -> list[int]:
+    """Indices of samples that are part of a rollout split into several samples (slime >= 0.3 rollout ids)."""
+    rollout_sums = batch.get("rollout_mask_sums")
+    if rollout_sums is None:
+        return []
+    return [
+        i
+        for i, (mask, total) in enumerate(zip(batch["loss_masks"], rollout_sums, strict=True))
+        if int(total) != int(mask.sum())
+    ]
 
 
 def compute_log_probs_and_entropy(
@@ -230,11 +270,21 @@ def _high_entropy_tokens(
     valid_tok: torch.Tensor,
     mask_dtype: torch.dtype,
     base: Reducer,
+    metric_style: str,
 ) -> _GradientTokens:
     """The filter: tau over the scope's population, kept = valid & H >= tau, the rebuilt reducer, the metrics."""
     filt, per_token = config.entropy_filter, config.policy.per_token_loss
     device = entropy.device
-    weight_local = metric_weight(batch, per_token)
+    split = _split_rollouts(batch)
+    if split and filt.denominator == "kept" and not per_token:
+        raise ValueError(
+            f"samples {split} of this micro-batch are parts of rollouts split into several samples (slime's "
+            "per-rollout denominators, batch['rollout_mask_sums']); a per-rollout mean over kept tokens needs the "
+            "kept counts of sibling samples in other micro-batches, so --entropy-filter-denominator kept is refused "
+            "here: use --entropy-filter-denominator all (slime's per-rollout denominators, numerators over kept "
+            "tokens; equal to slime at --entropy-percentile 1)"
+        )
+    weight_local = metric_weight(batch, per_token, metric_style)
 
     def describe() -> str:
         bad = [i for i, part in enumerate(entropy.split(lengths)) if part.numel() and not torch.isfinite(part).all()]
@@ -365,14 +415,23 @@ def _surrogate(
     return pg_tok, clipfrac_tok, ppo_kl
 
 
+#: slime >= 0.3's TIS function hook bound to args: (pg_tok, train_log_probs per sample) -> (pg_tok, loss masks,
+#: per-token metrics). See ``slime_api``.
+TisHook = Callable[[torch.Tensor, list], tuple[torch.Tensor, list, dict]]
+
+
 def compute_policy_loss(
     config: LossConfig,
     groups: ParallelGroups,
     batch: Mapping,
     logits: torch.Tensor,
     sum_of_sample_mean: Reducer | None = None,
+    *,
+    tis_hook: TisHook | None = None,
+    metric_style: str = "standalone",
+    on_log_probs: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> PolicyLossResult:
-    """slime's policy loss of one micro-batch (filter off: slime v0.1.0's exact semantics), with the filter.
+    """slime's policy loss of one micro-batch (filter off: slime's semantics), with the filter.
 
     Args:
         config: resolved loss configuration.
@@ -380,6 +439,13 @@ def compute_policy_loss(
         batch: slime's micro-batch dict (see slime-reference §2.2).
         logits: ``[1, T, V/TP]`` packed vocab-parallel logits of the last pipeline stage.
         sum_of_sample_mean: slime's reducer for this micro-batch; None builds the identical one.
+        tis_hook: slime >= 0.3's TIS function (run when --use-tis or --get-mismatch-metrics); None: slime v0.1's
+            inline TIS (--use-tis only).
+        metric_style: the units and keys of the slime release calling: 'v0.1' (v0.1.0's keys; per-token weight:
+            all response tokens), 'v0.3' (adds ``train_rollout_logprob_abs_diff`` whenever rollout log-probs are
+            present, the TIS function's metrics and ``opd_reverse_kl``, in slime's order) or 'standalone' (this
+            project's trainer: v0.1.0's keys, the fixed per-token weights).
+        on_log_probs: called with the per-sample current log-probs (slime main's train-dump capture).
 
     Returns:
         PolicyLossResult. ``loss`` is in slime's units (a sum over samples of per-sample means, or a token sum in
@@ -391,17 +457,31 @@ def compute_policy_loss(
         config, groups, batch, logits, entropy_grad=pol.entropy_coef != 0
     )
     num_local, device, lengths = log_probs.numel(), log_probs.device, layout.local_lengths
+    if on_log_probs is not None:
+        on_log_probs(list(log_probs.split(lengths)))
     base = sum_of_sample_mean if sum_of_sample_mean is not None else slime_reducer(layout, batch, pol.per_token_loss)
     local_masks = layout.local_masks(batch["loss_masks"])
     advantages = _cat(batch["advantages"], "advantages", num_local, device).float()
-    old_log_probs = _cat(batch["log_probs"], "log_probs", num_local, device).float()
+    train_log_probs = (
+        _cat(batch["log_probs"], "log_probs", num_local, device).float()
+        if _present(batch, "log_probs")
+        else log_probs.detach()  # slime >= 0.3 skips the old-policy pass when the policy has not moved yet
+    )
+    rollout_log_probs = (
+        _cat(batch["rollout_log_probs"], "rollout_log_probs", num_local, device).float()
+        if _present(batch, "rollout_log_probs")
+        else None
+    )
+    old_log_probs = rollout_log_probs if pol.use_rollout_logprobs else train_log_probs
 
     if filt.enabled:
         valid_tok = (
             torch.cat(local_masks).to(device) > 0 if lengths else torch.zeros(0, dtype=torch.bool, device=device)
         )
         mask_dtype = local_masks[0].dtype if local_masks else torch.int64
-        tokens = _high_entropy_tokens(config, groups, batch, lengths, entropy.detach(), valid_tok, mask_dtype, base)
+        tokens = _high_entropy_tokens(
+            config, groups, batch, lengths, entropy.detach(), valid_tok, mask_dtype, base, metric_style
+        )
     else:
         tokens = _all_valid_tokens(batch, local_masks, base, device)
 
@@ -418,20 +498,41 @@ def compute_policy_loss(
     pg_tok, clipfrac_tok, ppo_kl = _surrogate(
         config, groups, batch, lengths, log_probs, old_log_probs, advantages, tokens
     )
-    if pol.use_tis:
-        rollout_log_probs = _cat(batch["rollout_log_probs"], "rollout_log_probs", num_local, device).float()
+    pg_reduce, reduce_terms, tis_metrics = tokens.pg_reducer, reduce_all, {}
+    if tis_hook is not None and (pol.use_tis or pol.mismatch_metrics):
+        tis_metrics["ois"] = reduce_all((-ppo_kl).exp()).detach()
+        pg_tok, tis_masks, hook_metrics = tis_hook(pg_tok, list(train_log_probs.split(lengths)))
+        tis_metrics.update({key: reduce_all(value) for key, value in hook_metrics.items()})
+        if tis_masks is not batch["loss_masks"]:
+            # slime rebuilds its reducer from the masks the TIS function returns (rejection sampling), keeping the
+            # denominators; every term after it is reduced over the surviving tokens.
+            keep = torch.cat(layout.local_masks(tis_masks)).to(device, torch.float32) if lengths else None
+
+            def pg_reduce(x, _inner=tokens.pg_reducer, _keep=keep):
+                return _inner(x if _keep is None else x * _keep)
+
+            def reduce_terms(x, _keep=keep):
+                return reduce_all(x if _keep is None else x * _keep)
+
+    elif pol.use_tis:
         tis_w, tis_ratio, tis_clipfrac = policy.tis_weights(
-            old_log_probs, rollout_log_probs, pol.tis_clip_low, pol.tis_clip
+            train_log_probs, rollout_log_probs, pol.tis_clip_low, pol.tis_clip
         )
         pg_tok = pg_tok * tis_w
+        tis_metrics = {
+            "tis": reduce_all(tis_ratio).detach(),
+            "ois": reduce_all((-ppo_kl).exp()).detach(),
+            "tis_clipfrac": reduce_all(tis_clipfrac).detach(),
+        }
 
-    pg_loss = tokens.pg_reducer(pg_tok)
-    entropy_loss = (tokens.pg_reducer if filt.enabled and filt.mask_entropy_loss else reduce_all)(entropy)
+    pg_loss = pg_reduce(pg_tok)
+    entropy_loss = (pg_reduce if filt.enabled and filt.mask_entropy_loss else reduce_terms)(entropy)
     loss = pg_loss - pol.entropy_coef * entropy_loss
     if pol.use_kl_loss:
         ref_log_probs = _cat(batch["ref_log_probs"], "ref_log_probs", num_local, device)
-        kl_tok = policy.approx_kl(log_probs, ref_log_probs, pol.kl_estimator)
-        kl_loss = (tokens.pg_reducer if filt.mask_kl_loss else reduce_all)(kl_tok)
+        ratio = torch.exp(log_probs - old_log_probs) if pol.unbiased_kl else None
+        kl_tok = policy.approx_kl(log_probs, ref_log_probs, pol.kl_estimator, importance_ratio=ratio)
+        kl_loss = (pg_reduce if filt.mask_kl_loss else reduce_terms)(kl_tok)
         loss = loss + pol.kl_loss_coef * kl_loss
     if num_local == 0:
         loss = loss + log_probs.sum() * 0  # keep the backward path to the logits alive on token-less ranks
@@ -440,14 +541,17 @@ def compute_policy_loss(
         "loss": loss.detach().clone(),
         "pg_loss": pg_loss.detach().clone(),
         "entropy_loss": entropy_loss.detach().clone(),
-        "pg_clipfrac": reduce_all(clipfrac_tok).detach(),
-        "ppo_kl": reduce_all(ppo_kl).detach(),
+        "pg_clipfrac": reduce_terms(clipfrac_tok).detach(),
+        "ppo_kl": reduce_terms(ppo_kl).detach(),
     }
+    if metric_style == "v0.3" and batch.get("rollout_log_probs"):  # slime reports it iff the list is non-empty
+        compared = log_probs if pol.use_rollout_logprobs else old_log_probs
+        metrics["train_rollout_logprob_abs_diff"] = reduce_terms((compared - rollout_log_probs).abs()).detach()
     if pol.use_kl_loss:
         metrics["kl_loss"] = kl_loss.detach().clone()
-    if pol.use_tis:
-        metrics["tis"] = reduce_all(tis_ratio).detach()
-        metrics["ois"] = reduce_all((-ppo_kl).exp()).detach()
-        metrics["tis_clipfrac"] = reduce_all(tis_clipfrac).detach()
+    metrics.update(tis_metrics)
+    if metric_style == "v0.3" and batch.get("opd_reverse_kl"):
+        opd = _cat(batch["opd_reverse_kl"], "opd_reverse_kl", num_local, device)
+        metrics["opd_reverse_kl"] = reduce_terms(opd).detach()
     metrics.update(metrics_extra)
     return PolicyLossResult(loss=loss, metrics=metrics, num_tokens=tokens.num_tokens)

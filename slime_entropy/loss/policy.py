@@ -26,21 +26,30 @@ __all__ = [
 ]
 
 
-def approx_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: str) -> torch.Tensor:
+def approx_kl(
+    log_probs: torch.Tensor,
+    ref_log_probs: torch.Tensor,
+    estimator: str,
+    importance_ratio: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-token KL(pi || pi_ref) estimate from samples of pi (Schulman's k1/k2/k3), slime's definitions.
 
     ``lr = log_probs - ref_log_probs``; k1 = lr; k2 = lr^2 / 2; k3 = exp(-lr) - 1 + lr; low_var_kl = k3 clamped
-    to [-10, 10]. Gradient flows through ``log_probs``. Returns fp32 ``[N]``.
+    to [-10, 10]. ``importance_ratio`` (slime's --use-unbiased-kl: pi/pi_old, not detached) multiplies the
+    estimate before the clamp. Gradient flows through ``log_probs`` (and the ratio). Returns fp32 ``[N]``.
     """
     log_ratio = log_probs.float() - ref_log_probs.float()
     if estimator in ("k1", "kl"):
-        return log_ratio
-    if estimator == "k2":
-        return log_ratio**2 / 2.0
-    if estimator in ("k3", "low_var_kl"):
+        kl = log_ratio
+    elif estimator == "k2":
+        kl = log_ratio**2 / 2.0
+    elif estimator in ("k3", "low_var_kl"):
         kl = (-log_ratio).exp() - 1 + log_ratio
-        return kl.clamp(min=-10, max=10) if estimator == "low_var_kl" else kl
-    raise ValueError(f"unknown KL estimator {estimator!r} (--kl-loss-type: kl, k1, k2, k3, low_var_kl)")
+    else:
+        raise ValueError(f"unknown KL estimator {estimator!r} (--kl-loss-type: kl, k1, k2, k3, low_var_kl)")
+    if importance_ratio is not None:
+        kl = importance_ratio * kl
+    return kl.clamp(min=-10, max=10) if estimator == "low_var_kl" else kl
 
 
 def clipped_surrogate(

@@ -181,8 +181,6 @@ def run_rank(args, samples, schedule, layout):
     layout = dict(tp_rank, tp_size, cp_rank, cp_size, dp_rank, dp_size, dp_cp_group).
     Returns dict(loss=sum of effective losses, grads={(sample, pos): [V_local] effective grad}, reported=metrics).
     """
-    import torch.distributed as dist
-
     from slime_entropy.loss import loss_function
 
     micro_batches = schedule[layout["dp_rank"]]
@@ -199,26 +197,54 @@ def run_rank(args, samples, schedule, layout):
         loss.backward()
         records.append((loss.detach(), num_tokens, record, rank_input))
 
-    dp_cp_group = layout["dp_cp_group"]
-    per_token = args.calculate_per_token_loss
+    loss, grads, values, keys = megatron_outcome(records, layout, args.calculate_per_token_loss)
+    reported = {k: float(v) * layout["cp_size"] / float(values[0]) for k, v in zip(keys, values[1:], strict=False)}
+    return {"loss": loss, "grads": grads, "reported": reported, "keys": keys}
+
+
+def megatron_outcome(records, layout, per_token: bool, *, check_padding: bool = True):
+    """What Megatron and DDP make of one rank's micro-batch results ``(loss, num_tokens, record, RankInput)``
+    whose backward has run: the effective loss, the effective gradient of every owned logits row (keyed
+    (sample, position)), the metric values summed over micro-batches and all-reduced over DP x CP, and the keys.
+
+    Megatron divides each loss by num_tokens (per-token mode: all-reduced) or by the micro-batch count, and DDP
+    averages over DP x CP.
+    """
+    import torch.distributed as dist
+
+    group = layout["dp_cp_group"]
     if per_token:
         total_tokens = torch.tensor(float(sum(int(r[1]) for r in records)))
-        dist.all_reduce(total_tokens, group=dp_cp_group)
+        dist.all_reduce(total_tokens, group=group)
         scale = 1.0 / max(float(total_tokens), 1.0)
     else:
-        scale = 1.0 / (num_mb * layout["dp_size"] * layout["cp_size"])
+        scale = 1.0 / (len(records) * layout["dp_size"] * layout["cp_size"])
     grads, effective_loss = {}, 0.0
     for loss, _, _, rank_input in records:
         effective_loss += float(loss) * scale
         grad = rank_input.logits.grad[0] * scale
         for r, key in enumerate(rank_input.row_map):
             if key == (-1, -1):
-                assert torch.count_nonzero(grad[r]) == 0, "padding rows must get no gradient"
+                assert not check_padding or torch.count_nonzero(grad[r]) == 0, "padding rows must get no gradient"
             else:
                 grads[key] = grad[r].clone()
-    values = sum(r[2]["values"] for r in records)
-    dist.all_reduce(values, group=dp_cp_group)
+    values = sum(r[2]["values"].double() for r in records)
+    dist.all_reduce(values, group=group)
     keys = records[0][2]["keys"]
-    assert all(r[2]["keys"] == keys for r in records)
-    reported = {k: float(v) * layout["cp_size"] / float(values[0]) for k, v in zip(keys, values[1:], strict=False)}
-    return {"loss": effective_loss, "grads": grads, "reported": reported, "keys": keys}
+    assert all(r[2]["keys"] == keys for r in records), "metric keys differ between micro-batches"
+    return effective_loss, grads, values, keys
+
+
+def megatron_layout(tp: int, cp: int) -> dict:
+    """This rank's place in Megatron's current parallel layout, and its data x context parallel group."""
+    from megatron.core import parallel_state as mpu
+
+    return dict(
+        tp_rank=mpu.get_tensor_model_parallel_rank(),
+        tp_size=tp,
+        cp_rank=mpu.get_context_parallel_rank(),
+        cp_size=cp,
+        dp_rank=mpu.get_data_parallel_rank(),
+        dp_size=mpu.get_data_parallel_world_size(),
+        dp_cp_group=mpu.get_data_parallel_group(with_context_parallel=True),
+    )

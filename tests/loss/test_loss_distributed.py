@@ -10,7 +10,7 @@ import torch
 from slime_entropy.config import LossConfig
 from tests.distributed import run_world
 
-from .harness import make_args, make_samples, run_rank
+from .harness import make_args, make_samples, megatron_layout, run_rank
 from .reference import reference_step
 
 pytestmark = pytest.mark.multiprocess
@@ -55,8 +55,10 @@ CASES = [
         padded_columns=4,
     ),
     dict(name="gpg + entropy grad", cli="--high-entropy-token-filter --policy-loss-mode gpg --entropy-coef 0.05"),
-    dict(name="step scope", cli="--high-entropy-token-filter --entropy-percentile 0.25 "
-         "--entropy-threshold-scope step"),
+    dict(
+        name="step scope",
+        cli="--high-entropy-token-filter --entropy-percentile 0.25 " "--entropy-threshold-scope step",
+    ),
 ]
 
 
@@ -86,15 +88,7 @@ def _worker(rank, world, tp, cp, mbs_per_rank, samples_per_mb):
     from megatron.core import parallel_state as mpu
 
     mpu.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
-    layout = dict(
-        tp_rank=mpu.get_tensor_model_parallel_rank(),
-        tp_size=tp,
-        cp_rank=mpu.get_context_parallel_rank(),
-        cp_size=cp,
-        dp_rank=mpu.get_data_parallel_rank(),
-        dp_size=mpu.get_data_parallel_world_size(),
-        dp_cp_group=mpu.get_data_parallel_group(with_context_parallel=True),
-    )
+    layout = megatron_layout(tp, cp)
     outputs = []
     for i, case in enumerate(CASES):
         samples, schedule, args = _case_inputs(case, layout["dp_size"], mbs_per_rank, samples_per_mb, seed=i)
