@@ -133,3 +133,16 @@ def test_fr3e_without_entropies_refuses_by_name(builtin_engines, math_prompts):
     with RolloutManager.from_args(_args(builtin_engines, math_prompts), progress=False) as rollout:
         with pytest.raises(ValueError, match="trainer's per-token entropies"):
             explore(rollout, rollout.generate(0), {})
+
+
+def test_dynamic_sampling_filters_the_base_groups_before_they_are_explored(builtin_engines, math_prompts):
+    args = _args(builtin_engines, math_prompts, "--fr3e-anchor-score", "surprisal", "--dynamic-sampling-filter-path",
+                 "slime_entropy.rollout.filters.check_reward_nonzero_std", "--over-sampling-batch-size", "3")  # fmt: skip
+    with RolloutManager.from_args(args, progress=False) as rollout:
+        base = rollout.generate(0)
+        explored = explore(rollout, base, None)
+    assert [p.base for p in explored.prompts] == base.groups and len(base.groups) == 2
+    assert all(len({s.reward for s in p.base}) == 2 for p in explored.prompts)  # only groups with signal
+    assert len(explored.samples) == 2 * (N + B * K * M)
+    # B = 2 of a mixed group: one correct and one wrong trajectory are explored
+    assert all(sorted(p.base[b].reward for b in p.chosen) == [0.0, 1.0] for p in explored.prompts)
