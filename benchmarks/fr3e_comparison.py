@@ -71,7 +71,8 @@ def series_of(directory: Path) -> dict[str, np.ndarray]:
         "entropy": entropy,
         "generated_tokens": generated,
         "step_time": column("perf/step_time"),
-        "rollout_time": column("perf/rollout_time") + np.nan_to_num(column("perf/fr3e_rollout_time"), nan=0.0)
+        "rollout_time": column("perf/rollout_time")
+        + np.nan_to_num(column("perf/fr3e_rollout_time"), nan=0.0)
         + np.nan_to_num(column("perf/fr3e_entropy_time"), nan=0.0),
         "eval_ids": np.array(sorted(evals), dtype=np.float64),
         "eval": np.array([evals[i] for i in sorted(evals)], dtype=np.float64),
@@ -85,7 +86,7 @@ def summarize(runs: dict[str, dict[int, dict]], window: int) -> list[dict]:
         if not per_seed:
             continue
 
-        def stat(fn):
+        def stat(fn, per_seed=per_seed):
             return mean_and_halfwidth([fn(v) for v in per_seed])
 
         rows.append({
@@ -129,8 +130,12 @@ def plot(runs: dict[str, dict[int, dict]], path: Path, smooth: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
-    panels = (("reward", "base reward (trailing mean)"), ("eval", "held-out accuracy"),
-              ("entropy", "entropy of base responses"), ("generated_tokens", "generated tokens / rollout"))  # fmt: skip
+    panels = (
+        ("reward", "base reward (trailing mean)"),
+        ("eval", "held-out accuracy"),
+        ("entropy", "entropy of base responses"),
+        ("generated_tokens", "generated tokens / rollout"),
+    )  # noqa: E501
     for method, by_seed in runs.items():
         curves = [v for v in by_seed.values() if v is not None and v["reward"].size]
         if not curves:

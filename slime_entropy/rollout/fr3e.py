@@ -45,8 +45,8 @@ def select_anchors(scores: Sequence[float], num_anchors: int, loss_mask: Sequenc
     ``scores[t]`` (length R) is the uncertainty of the distribution that response token ``t`` was drawn from. Candidate
     positions are ``1 .. R - 1`` (position 0 would give an empty prefix, i.e. the prompt itself, S_0) where the loss
     mask is 1; among equal scores the earlier position wins. A trajectory with fewer candidates than ``num_anchors``
-    repeats its last anchor (0, the prompt, when it has none), so every trajectory yields exactly ``num_anchors`` states
-    and the rollout's size stays fixed; a repeated state is sampled again as its own group.
+    repeats its last anchor (0, the prompt, when it has none), so every trajectory yields exactly ``num_anchors``
+    states and the rollout's size stays fixed; a repeated state is sampled again as its own group.
     """
     if num_anchors < 1:
         raise ValueError(f"num_anchors must be >= 1, got {num_anchors}")

@@ -130,12 +130,15 @@ class Fr3eConfig:
 
     def summary(self) -> str:
         """One line for ``--dry-run``'s plan."""
-        modulation = "off" if self.modulation == "none" else "exp(-dV)" + (
-            f", sharpened p={self.sharpen_power:g}" if self.sharpen_power is not None else ""
+        modulation = (
+            "off"
+            if self.modulation == "none"
+            else "exp(-dV)" + (f", sharpened p={self.sharpen_power:g}" if self.sharpen_power is not None else "")
         )
         return (
-            f"ON: {self.base_per_prompt} base trajectory(ies)/prompt x {self.num_anchors} anchors ({self.anchor_score})"
-            f" x {self.rollouts_per_anchor} partial rollouts = {self.extra_samples_per_prompt} extra samples/prompt "
+            f"ON: {self.base_per_prompt} base trajectory(ies)/prompt x {self.num_anchors} anchors "
+            f"({self.anchor_score}) x {self.rollouts_per_anchor} partial rollouts = "
+            f"{self.extra_samples_per_prompt} extra samples/prompt "
             f"(+ {self.n_samples_per_prompt} base = {self.samples_per_prompt}); modulation {modulation}; "
             f"normalisation per {self.normalization_scope}"
         )

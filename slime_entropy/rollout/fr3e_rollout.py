@@ -147,12 +147,19 @@ async def _explore(manager, result, entropies: dict[int, list[float]] | None) ->
             chosen_anchors = fr3e.select_anchors(scores, cfg.num_anchors, sample.effective_loss_mask())
             anchors.append(chosen_anchors)
             anchor_scores.append([scores[t] for t in chosen_anchors])
-        prompts.append(PromptExploration(base=list(group), chosen=chosen, anchors=anchors, anchor_scores=anchor_scores))
+        prompts.append(
+            PromptExploration(base=list(group), chosen=chosen, anchors=anchors, anchor_scores=anchor_scores)
+        )
         position += len(group)
     # Sample indices are handed out in batch order before anything runs, so they do not depend on completion order.
     tasks = []
-    bar = tqdm(total=len(prompts) * cfg.extra_samples_per_prompt, desc=f"rollout {result.rollout_id} FR3E",
-               unit="sample", disable=(None if manager.progress is None else not manager.progress), leave=False)  # fmt: skip
+    bar = tqdm(
+        total=len(prompts) * cfg.extra_samples_per_prompt,
+        desc=f"rollout {result.rollout_id} FR3E",
+        unit="sample",
+        disable=None if manager.progress is None else not manager.progress,
+        leave=False,
+    )
     for p in prompts:
         for b, chain_anchors in zip(p.chosen, p.anchors, strict=True):
             chain = []

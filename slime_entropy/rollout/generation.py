@@ -162,7 +162,9 @@ class BatchGenerator:
             rows = [requests[i] for i in active]
             for i in active:
                 if i in generators:  # the draw at this sequence position has its own seed (see GenerationRequest)
-                    generators[i].manual_seed(position_seed(requests[i].seed, len(requests[i].input_ids) + len(outputs[i])))
+                    generators[i].manual_seed(
+                        position_seed(requests[i].seed, len(requests[i].input_ids) + len(outputs[i]))
+                    )
             tokens_B, token_logprobs_B = self._sample(logits_BV, rows, [generators.get(i) for i in active])
             keep = []
             for row, (i, req) in enumerate(zip(active, rows, strict=True)):

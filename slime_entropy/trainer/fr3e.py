@@ -53,6 +53,8 @@ def explore_fr3e(
         rollout_id, dp_size, str(rollout_id), config.run.save_rollouts, entropies
     )
     metrics = rollout._get(refs[0], f"rollout {rollout_id}: FR3E partial rollouts", rollout.generate_timeout_s)
-    records = rollout._get(refs[1], f"rollout {rollout_id}: FR3E partial rollouts") if config.run.save_rollouts else None
+    records = (
+        rollout._get(refs[1], f"rollout {rollout_id}: FR3E partial rollouts") if config.run.save_rollouts else None
+    )
     metrics["perf/fr3e_entropy_time"] = entropy_time  # the extra old-policy pass over the base rollout
     return RolloutBatch(rollout_id, metrics, records, list(refs[2:]))

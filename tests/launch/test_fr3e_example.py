@@ -32,8 +32,9 @@ def test_the_fr3e_example_passes_the_dry_run_planner(tmp_path):
     # 32 prompts x (16 base + 2 explored x 4 anchors x 16 continuations) in one optimizer step
     assert plan.batch.samples_per_rollout == 32 * 144 and plan.batch.num_steps_per_rollout == 1
     assert "FR3E             ON: 2 base trajectory(ies)/prompt x 4 anchors (entropy) x 16 partial rollouts" in text
-    expected = {"--n-samples-per-prompt": "16", "--fr3e-num-anchors": "4", "--eps-clip": "0.2", "--eps-clip-high": "0.3",
-                "--lr": "2e-6", "--rollout-max-response-len": "3072", "--rotary-base": "10000"}  # fmt: skip
+    expected = {"--n-samples-per-prompt": "16", "--fr3e-num-anchors": "4", "--eps-clip": "0.2",
+                "--eps-clip-high": "0.3", "--lr": "2e-6", "--rollout-max-response-len": "3072",
+                "--rotary-base": "10000"}  # fmt: skip
     for flag, value in expected.items():
         assert _value(argv, flag) == value, flag
     assert args.rollout_max_prompt_len + args.rollout_max_response_len <= 4096  # the model's context

@@ -85,7 +85,7 @@ def test_values_modulation_and_advantages_on_a_hand_worked_example():
     adv = fr3e.state_advantages(normalized, alpha[:2])
     assert adv[0] == pytest.approx([0.52527096, -0.52527096, 0.52527096, -0.52527096], rel=1e-7)
     assert adv[1] == pytest.approx([0.38940039, 0.38940039, 0.38940039, -1.16820117], rel=1e-7)
-    # the released code's sharpening, p = 1.5: |dV|^1.5 = [0.35355339, 0.125, 0.35355339], sum 0.83210678 -> [0.42488945, 0.1502211, -0.42488945]
+    # the released code's sharpening, p = 1.5: |dV|^1.5 = [0.35355339, 0.125, 0.35355339], sum 0.83210678
     sharp = fr3e.sharpen([0.5, 0.25, -0.5], 1.5)
     assert sharp == pytest.approx([0.42488945, 0.15022110, -0.42488945], rel=1e-7)
     assert fr3e.sharpen([0.0, 0.0], 1.5) == [0.0, 0.0]
@@ -117,8 +117,10 @@ def test_flags_build_a_frozen_config_and_refuse_nonsense_by_name():
     assert samples_per_prompt(_args([])) == 8
     config = Fr3eConfig.from_args(_args(["--fr3e", "--fr3e-num-anchors", "3", "--fr3e-base-per-prompt", "2"]))
     assert (config.num_anchors, config.rollouts_per_anchor, config.base_per_prompt) == (3, 4, 2)
-    assert config.samples_per_prompt == 8 + 2 * 3 * 4 == samples_per_prompt(
-        _args(["--fr3e", "--fr3e-num-anchors", "3", "--fr3e-base-per-prompt", "2"])
+    assert (
+        config.samples_per_prompt
+        == 8 + 2 * 3 * 4
+        == samples_per_prompt(_args(["--fr3e", "--fr3e-num-anchors", "3", "--fr3e-base-per-prompt", "2"]))
     )
     with pytest.raises(AttributeError):
         config.num_anchors = 5  # frozen

@@ -93,7 +93,9 @@ def test_partial_rollouts_continue_the_anchored_prefixes_and_carry_modulated_adv
             assert len(data["tokens"]) == config.fr3e.samples_per_prompt  # whole prompts per rank (--balance-data)
             for i, pos in enumerate(data["partition"]):
                 s = explored.samples[pos]
-                assert data["rewards"][i] == explored.advantages[pos] and data["loss_masks"][i] == s.effective_loss_mask()
+                assert (
+                    data["rewards"][i] == explored.advantages[pos] and data["loss_masks"][i] == s.effective_loss_mask()
+                )
         m = explored.metrics
         assert m["fr3e/num_partial_samples"] == 2 * B * K * M
         assert 0 < m["fr3e/extra_generation_ratio"] and m["fr3e/partial_generated_tokens"] > 0
@@ -136,8 +138,10 @@ def test_fr3e_without_entropies_refuses_by_name(builtin_engines, math_prompts):
 
 
 def test_dynamic_sampling_filters_the_base_groups_before_they_are_explored(builtin_engines, math_prompts):
-    args = _args(builtin_engines, math_prompts, "--fr3e-anchor-score", "surprisal", "--dynamic-sampling-filter-path",
-                 "slime_entropy.rollout.filters.check_reward_nonzero_std", "--over-sampling-batch-size", "3")  # fmt: skip
+    args = _args(
+        builtin_engines, math_prompts, "--fr3e-anchor-score", "surprisal", "--over-sampling-batch-size", "3",
+        "--dynamic-sampling-filter-path", "slime_entropy.rollout.filters.check_reward_nonzero_std",
+    )  # fmt: skip
     with RolloutManager.from_args(args, progress=False) as rollout:
         base = rollout.generate(0)
         explored = explore(rollout, base, None)
