@@ -9,6 +9,8 @@ optimizer step per rollout, lr 1e-3, held-out evaluation every 10 rollouts) with
 grpo           ``--entropy-percentile 1.0``: every token (the unfiltered loss), plain GRPO advantages
 fr3e           ``--fr3e --entropy-percentile 1.0``: + 1 base trajectory x 4 anchors x 4 partial rollouts per prompt
 fr3e_filter    ``--fr3e`` with the task's filter (rho 0.2)
+grpo_n24       ``--entropy-percentile 1.0 --n-samples-per-prompt 24``: GRPO trained on as many samples per rollout
+               as FR3E (16 x 24 = 16 x (8 + 16)), the sample-matched control
 =============  ===========================================================================================
 
 Runs go one after another, each in its own process group with ``--run-timeout``; rerunning the command resumes
@@ -35,8 +37,10 @@ METHODS = {
     "grpo": ["--entropy-percentile", "1.0"],
     "fr3e": ["--fr3e", "--entropy-percentile", "1.0"],
     "fr3e_filter": ["--fr3e"],
+    "grpo_n24": ["--entropy-percentile", "1.0", "--n-samples-per-prompt", "24"],
 }
-LABELS = {"grpo": "GRPO (all tokens)", "fr3e": "FR3E (all tokens)", "fr3e_filter": "FR3E + filter (rho 0.2)"}
+LABELS = {"grpo": "GRPO (all tokens)", "fr3e": "FR3E (all tokens)", "fr3e_filter": "FR3E + filter (rho 0.2)",
+          "grpo_n24": "GRPO, n = 24 (all tokens)"}  # fmt: skip
 
 
 def run_dir(out_dir: Path, method: str, seed: int) -> Path:
@@ -62,7 +66,9 @@ def series_of(directory: Path) -> dict[str, np.ndarray]:
     entropy = column("fr3e/base_entropy", "rollout/entropy")
     length = column("rollout/response_lengths")
     base_tokens = column("fr3e/base_response_tokens")
-    base_tokens = np.where(np.isnan(base_tokens), length * 16 * 8, base_tokens)  # GRPO: the task's 16 x 8 samples
+    flags = json.loads((directory / "args.json").read_text()) if (directory / "args.json").is_file() else {}
+    num_base = flags.get("rollout_batch_size", 16) * flags.get("n_samples_per_prompt", 8)
+    base_tokens = np.where(np.isnan(base_tokens), length * num_base, base_tokens)  # GRPO: all samples are base
     generated = base_tokens + np.nan_to_num(column("fr3e/partial_generated_tokens"), nan=0.0)
     evals = {i: v for i, v in (s.get("eval/heldout") or {}).items()}
     return {
