@@ -35,7 +35,9 @@ def test_dry_run_counts_the_partial_rollouts(trainer_model, trainer_data, tmp_pa
 @pytest.mark.slow
 def test_a_resumed_fr3e_run_redoes_its_rollout_exactly(trainer_model, trainer_data, tmp_path):
     run_dir = tmp_path / "run"
-    argv = loop_argv(trainer_model, trainer_data, run_dir, *FR3E, "--num-rollout", "2", "--eval-interval", "100")
+    # --colocate: the entropy pass and the exploration follow the offload order, which the built-in engine enforces
+    argv = loop_argv(trainer_model, trainer_data, run_dir, *FR3E, "--num-rollout", "2", "--eval-interval", "100",
+                     "--colocate")  # fmt: skip
     run = TrainRun(argv, tmp_path / "1.log")
     assert run.wait(timeout=400) == 0, run.output[-5000:]
     first = {r["rollout_id"]: r for r in read_metrics(run_dir) if "rollout/raw_reward" in r}
