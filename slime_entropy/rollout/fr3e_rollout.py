@@ -166,7 +166,7 @@ async def _explore(manager, result, entropies: dict[int, list[float]] | None) ->
             for t in chain_anchors:
                 state = [_partial(manager, p.base[b], t) for _ in range(cfg.rollouts_per_anchor)]
                 budget = config.sampling.max_new_tokens(p.base[b].prompt_length) - t
-                tasks.append(_explore_state(manager, state, budget, bar))
+                tasks.append(asyncio.get_running_loop().create_task(_explore_state(manager, state, budget, bar)))
                 chain.append(state)
             p.partials.append(chain)
     monitor = asyncio.get_running_loop().create_task(manager.pool.monitor(config.engine.health_check_interval))
@@ -175,6 +175,12 @@ async def _explore(manager, result, entropies: dict[int, list[float]] | None) ->
     finally:
         monitor.cancel()
         bar.close()
+        unfinished = [t for t in tasks if not t.done()]
+        for task in unfinished:  # one state failed beyond its retries: stop the others, on the engines too
+            task.cancel()
+        if unfinished:
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            await manager.pool.abort_all()
     advantages, values, factors = _advantages(prompts, config)
     return Fr3eRollout(
         result.rollout_id,
