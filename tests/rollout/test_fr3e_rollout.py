@@ -116,6 +116,16 @@ def test_surprisal_anchors_and_a_restored_position_reproduce_the_partial_rollout
             for b, anchors in zip(p.chosen, p.anchors, strict=True):
                 assert anchors == fr3e.select_anchors([-lp for lp in p.base[b].rollout_log_probs], K)
         expected = [(s.index, s.tokens, s.reward) for s in explored.samples]
+        # the released code's scope: one normalisation over the prompt's n + B K M samples, sharpened factors
+        reference = []
+        for p in explored.prompts:
+            v0 = fr3e.state_value([s.reward for s in p.base], 0.0)
+            factors = [fr3e.modulation_factors([v0] + [fr3e.state_value([s.reward for s in st], 0.0) for st in chain],
+                                               sharpen_power=1.5) for chain in p.partials]  # fmt: skip
+            alphas = [sum(f[0] for f in factors) / B] * N + [a for f in factors for a in f[1:] for _ in range(M)]
+            normalized = normalize_group_rewards([s.reward for s in p.samples], [len(p.samples)], "grpo")
+            reference += [a * x for a, x in zip(alphas, normalized, strict=True)]
+        assert explored.advantages == pytest.approx(reference, rel=1e-12, abs=1e-12)
         # the engines' input_ids API continues a trajectory exactly: the base sample's own seed from its anchor
         s = next(s for s in base.samples if s.response_length >= 3)
         cut = s.prompt_length + 2
