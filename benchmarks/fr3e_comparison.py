@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             if code != 0:
                 failures[f"{method}/seed{seed}"] = message
     runs = {m: {s: series_of(run_dir(args.out_dir, m, s)) for s in args.seeds} for m in args.methods}
+    # only finished runs count (a run cut short, or still running with --collect-only, would skew "last 5")
+    full = max((v["reward"].size for by_seed in runs.values() for v in by_seed.values()), default=0)
+    runs = {m: {s: v for s, v in by_seed.items() if v["reward"].size == full} for m, by_seed in runs.items()}
     rows = summarize(runs, args.window)
     text = table(rows, args.window)
     print(text)
