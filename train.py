@@ -18,6 +18,7 @@ import time
 
 from slime_entropy.trainer.arguments import parse_args
 from slime_entropy.trainer.config import TrainerConfig
+from slime_entropy.trainer.fr3e import explore_fr3e
 from slime_entropy.trainer.groups import RolloutGroup, TrainGroup
 from slime_entropy.trainer.placement import create_placement
 from slime_entropy.trainer.preflight import preflight
@@ -54,6 +55,8 @@ def train(config: TrainerConfig) -> None:
         for rollout_id in report.progress():
             began = time.monotonic()
             batch = rollout.generate(rollout_id, weight_version=str(rollout_id), with_records=config.run.save_rollouts)
+            if config.rollout.fr3e is not None:  # + partial rollouts from the base trajectories' anchors
+                batch = explore_fr3e(config, rollout_id, batch, actors, rollout)
             rollout.offload()
             actors.onload()
             trained = actors.train(

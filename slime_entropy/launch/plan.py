@@ -52,6 +52,7 @@ from slime_entropy.launch.memory import (
     total_parameters,
 )
 from slime_entropy.megatron.architecture import HFArchitecture, check_model_args, padded_vocab_size
+from slime_entropy.rollout.fr3e_arguments import samples_per_prompt
 
 __all__ = ["Plan", "CheckpointStatus", "plan_from_args", "add_plan_arguments", "DEFAULT_GPU_MEMORY_GIB"]
 
@@ -298,6 +299,8 @@ def _settings_summary(args: argparse.Namespace, loss, rollout) -> dict[str, str]
                 f"{g.dynamic_sampling_filter_path}, rounds of {g.sampling_batch_size} prompts, at most "
                 f"{g.dynamic_sampling_max_rounds} rounds"
             )
+        if rollout.fr3e is not None:
+            s["FR3E"] = rollout.fr3e.summary()
         if g.overlong_buffer_len:
             s["overlong shaping"] = (
                 f"buffer {g.overlong_buffer_len} tokens, penalty factor {g.overlong_penalty_factor:g}"
@@ -383,7 +386,7 @@ def _trainer_checks(args: argparse.Namespace, on_gpu: bool, problems: list[str],
             try:
                 batch = trainer_config.check_batch_arithmetic(
                     rollout_batch_size=args.rollout_batch_size,
-                    n_samples_per_prompt=args.n_samples_per_prompt,
+                    n_samples_per_prompt=samples_per_prompt(args),  # with --fr3e: + its partial rollouts
                     num_steps_per_rollout=args.num_steps_per_rollout,
                     global_batch_size=args.global_batch_size,
                     dp_size=cluster.dp_size,
@@ -499,7 +502,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
             mem_fraction_static=getattr(args, "sglang_mem_fraction_static", None),
             kv_cache_dtype=getattr(args, "sglang_kv_cache_dtype", None),
             sequence_tokens=micro.max_sample_tokens,
-            concurrent_sequences=math.ceil(sampling_batch_size * args.n_samples_per_prompt / engines),
+            concurrent_sequences=math.ceil(sampling_batch_size * samples_per_prompt(args) / engines),
         )
     checkpoints, ckpt_warnings = _checkpoint_status(args)
     warnings += ckpt_warnings

@@ -15,6 +15,7 @@ import argparse
 import json
 
 from slime_entropy.arguments import has_option
+from slime_entropy.rollout.fr3e_arguments import add_fr3e_arguments
 from slime_entropy.rollout.sglang_options import register_passthrough
 
 __all__ = ["add_rollout_arguments"]
@@ -298,4 +299,5 @@ def add_rollout_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     _add_data_arguments(parser)
     _add_reward_arguments(parser)
     _add_group_arguments(parser)
+    add_fr3e_arguments(parser)
     return parser

@@ -15,6 +15,8 @@ from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Any
 
+from slime_entropy.rollout.fr3e_arguments import Fr3eConfig
+
 __all__ = [
     "EngineConfig",
     "SamplingConfig",
@@ -314,6 +316,8 @@ class RolloutConfig:
     data: DataConfig
     reward: RewardConfig
     groups: GroupConfig
+    fr3e: Fr3eConfig | None = None
+    """FR3E partial rollouts (``--fr3e``), see :mod:`slime_entropy.rollout.fr3e_arguments`."""
 
     def __post_init__(self):
         if self.groups.overlong_buffer_len >= self.sampling.max_response_len:
@@ -422,9 +426,10 @@ class RolloutConfig:
             overlong_penalty_factor=args.overlong_penalty_factor,
             balance_data=args.balance_data,
         )
+        fr3e = build(Fr3eConfig.from_args, args=args)
         config = None
         if not errors:
-            config = build(cls, engine=engine, sampling=sampling, data=data, reward=reward, groups=groups)
+            config = build(cls, engine=engine, sampling=sampling, data=data, reward=reward, groups=groups, fr3e=fr3e)
         if errors:
             raise ValueError("invalid rollout arguments:\n  - " + "\n  - ".join(errors))
         return config

@@ -10,11 +10,11 @@ silently ignored):
 
 - ``POST /generate`` — ``input_ids`` or ``text`` (one prompt or a list), ``sampling_params`` (``temperature``,
   ``top_p``, ``top_k``, ``max_new_tokens``, ``stop``, ``stop_token_ids``, ``ignore_eos``, ``skip_special_tokens``,
-  ``no_stop_trim``, ``spaces_between_special_tokens``, ``n=1``, ``sampling_seed``: the request's own sampling
-  generator, so its tokens do not depend on the batch it lands in), ``return_logprob``, ``rid``. Response: ``text``,
-  ``output_ids``, ``meta_info`` with ``id``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``,
-  ``cached_tokens``, ``weight_version``, ``e2e_latency`` and, with ``return_logprob``, ``output_token_logprobs`` as
-  ``[logprob, token_id, None]`` triples.
+  ``no_stop_trim``, ``spaces_between_special_tokens``, ``n=1``, ``sampling_seed``: each draw is seeded by
+  (seed, sequence position), so the tokens do not depend on the batch and ``prompt + prefix`` continues exactly),
+  ``return_logprob``, ``rid``. Response: ``text``, ``output_ids``, ``meta_info`` with ``id``, ``finish_reason``,
+  ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``, ``weight_version``, ``e2e_latency`` and, with
+  ``return_logprob``, ``output_token_logprobs`` as ``[logprob, token_id, None]`` triples.
 - ``POST /update_weights_from_disk`` — ``model_path`` (HF safetensors directory), optional ``weight_version``;
   answers ``{"success", "message", "num_paused_requests"}``. All tensors are checked before any is copied, so a bad
   checkpoint leaves the served weights untouched.

@@ -25,7 +25,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["GenerationRequest", "GenerationResult", "BatchGenerator"]
+__all__ = ["GenerationRequest", "GenerationResult", "BatchGenerator", "position_seed"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def position_seed(seed: int, position: int) -> int:
+    """The seed of the draw at sequence ``position`` of a request seeded with ``seed``: splitmix64 of the pair, so
+    neighbouring positions and neighbouring seeds give unrelated streams."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + int(position) + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
 
 
 @dataclass
@@ -40,8 +51,11 @@ class GenerationRequest:
     """Token ids that end the response (the engine adds EOS unless ``ignore_eos``)."""
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    """Seed of this request's own sampling generator (SGLang's ``sampling_seed``): the tokens drawn then depend
-    only on the seed and the logits, not on which other requests share the batch. None: the engine's generator."""
+    """SGLang's ``sampling_seed``: the draw for the token at sequence position p (prompt tokens included) comes from
+    a generator seeded with ``position_seed(seed, p)``, so the tokens depend only on the seed, the positions and the
+    logits, not on which other requests share the batch, and a request for ``prompt + prefix`` continues exactly as
+    the uninterrupted request for ``prompt`` would have (SGLang's seeded sampler also hashes seed and position).
+    None: the engine's generator."""
     is_aborted: Callable[[], bool] = field(default=lambda: False)
 
 
@@ -146,6 +160,11 @@ class BatchGenerator:
         }
         while active:
             rows = [requests[i] for i in active]
+            for i in active:
+                if i in generators:  # the draw at this sequence position has its own seed (see GenerationRequest)
+                    generators[i].manual_seed(
+                        position_seed(requests[i].seed, len(requests[i].input_ids) + len(outputs[i]))
+                    )
             tokens_B, token_logprobs_B = self._sample(logits_BV, rows, [generators.get(i) for i in active])
             keep = []
             for row, (i, req) in enumerate(zip(active, rows, strict=True)):

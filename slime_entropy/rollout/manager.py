@@ -184,9 +184,11 @@ class RolloutManager:
         return max(1, len(self.data_source.dataset) // self.config.groups.rollout_batch_size)
 
     # ----- one rollout -----
-    async def _generate_group(self, group: list[Sample], bar: tqdm) -> None:
-        """One batched ``/generate`` request for the whole group (all samples share the prompt)."""
-        max_new_tokens = self.config.sampling.max_new_tokens(len(group[0].tokens))
+    async def _generate_group(self, group: list[Sample], bar: tqdm, max_new_tokens: int | None = None) -> None:
+        """One batched ``/generate`` request for the whole group (all samples share the prompt). ``max_new_tokens``:
+        the budget when the samples already hold part of their response (FR3E's continuations)."""
+        if max_new_tokens is None:
+            max_new_tokens = self.config.sampling.max_new_tokens(len(group[0].tokens))
         assert max_new_tokens >= 1, "prompts that fill --rollout-max-context-len are dropped when loading"
         params = self.config.sampling.to_sglang(max_new_tokens)
         if self.config.engine.seeded_sampling:

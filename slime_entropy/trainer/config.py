@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from slime_entropy.evaluation.config import EvalConfig
+from slime_entropy.rollout.fr3e_arguments import samples_per_prompt
 
 __all__ = [
     "BatchPlan",
@@ -429,7 +430,7 @@ class TrainerConfig:
             batch = attempt(
                 lambda: check_batch_arithmetic(
                     rollout_batch_size=args.rollout_batch_size,
-                    n_samples_per_prompt=args.n_samples_per_prompt,
+                    n_samples_per_prompt=samples_per_prompt(args),  # with --fr3e: + its partial rollouts
                     num_steps_per_rollout=args.num_steps_per_rollout,
                     global_batch_size=args.global_batch_size,
                     dp_size=layout.dp_size,

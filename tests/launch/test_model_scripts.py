@@ -23,6 +23,7 @@ MODELS = {
     "qwen3-32B.sh": "Qwen3-32B",
     "qwen3-30B-A3B.sh": "Qwen3-30B-A3B",
     "qwen2.5-7B.sh": "Qwen2.5-7B",
+    "qwen2.5-math-7B.sh": "Qwen2.5-Math-7B",
     "qwen2.5-32B.sh": "Qwen2.5-32B",
     "llama3.1-8B.sh": "Llama-3.1-8B",
 }

@@ -76,3 +76,9 @@ def raise_value_error(message):
 
 def exit_hard(code):
     os._exit(code)
+
+
+def reward_by_token_parity(args, sample):
+    """1 when the response's token ids sum to an even number: depends on every sampled token, so values of FR3E states
+    differ from prefix to prefix even with a random model."""
+    return float(sum(sample.response_tokens) % 2 == 0)

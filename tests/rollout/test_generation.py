@@ -130,3 +130,25 @@ def test_a_seeded_request_draws_the_same_tokens_in_any_batch(model, tokenizer):
     assert mixed.output_logprobs == pytest.approx(alone.output_logprobs, abs=1e-5)
     other_seed = BatchGenerator(model, tokenizer, seed=0).generate([seeded(8)])[0]
     assert other_seed.output_ids != alone.output_ids  # the seed matters (16 tokens from a ~300-token vocabulary)
+
+
+def test_a_seeded_continuation_from_a_prefix_reproduces_the_uninterrupted_generation(model, tokenizer):
+    """FR3E's partial rollouts: ``prompt + response[:t]`` with the same ``sampling_seed`` draws ``response[t:]``, for
+    every cut point, alone or batched with other continuations (the draw at a position is seeded by seed and
+    position, as SGLang's seeded sampler does)."""
+    prompt = _ids(tokenizer, "Continue me:")
+
+    def request(ids, max_new_tokens, seed=5):
+        return GenerationRequest(input_ids=ids, max_new_tokens=max_new_tokens, temperature=1.0, top_p=0.95, seed=seed)
+
+    whole = BatchGenerator(model, tokenizer, seed=0).generate([request(prompt, 20)])[0]
+    response = whole.output_ids
+    assert len(response) == 20
+    cuts = [1, 7, 13, 19]
+    continued = BatchGenerator(model, tokenizer, seed=99).generate(
+        [request(prompt + response[:t], 20 - t) for t in cuts] + [request(prompt, 20, seed=6)]
+    )
+    for t, result in zip(cuts, continued, strict=False):
+        assert result.output_ids == response[t:], t
+        assert result.output_logprobs == pytest.approx(whole.output_logprobs[t:], abs=1e-4)
+    assert continued[-1].output_ids != response  # another seed, another sample
