@@ -251,6 +251,12 @@ class EngineCore:
         with self._cond:
             return len(self._waiting)
 
+    def num_running(self) -> int:
+        """Requests in the batch being generated now (submitted, no longer queued, not yet answered)."""
+        with self._inflight_lock:
+            inflight = len(self._inflight)
+        return max(inflight - self.num_waiting(), 0)
+
     def healthy(self) -> bool:
         return self._worker.is_alive()
 
@@ -386,6 +392,7 @@ def build_app(core: EngineCore) -> FastAPI:
             "num_threads": torch.get_num_threads(),
             "context_length": core.context_length,
             "num_waiting_requests": core.num_waiting(),
+            "num_running_requests": core.num_running(),
             "weight_version": core.weight_version,
             "num_batches": core.num_batches,
             "num_requests": core.num_requests,

@@ -34,6 +34,7 @@ import importlib.util
 import io as _io
 import json
 import re
+import time
 from contextlib import redirect_stderr
 from pathlib import Path
 from types import SimpleNamespace
@@ -483,17 +484,14 @@ def test_builtin_engine_pauses_as_sglang(builtin_engines):
 
     async def go():
         async with httpx.AsyncClient(timeout=120) as http:
-            async def waiting() -> int:
-                return (await http.get(f"{url}/get_server_info")).json()["num_waiting_requests"]
-
             body = {"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 1000, "ignore_eos": True}}
             pending = asyncio.ensure_future(http.post(f"{url}/generate", json=body))
-            # Pause once the request has left the queue for a running batch (the batcher holds it for its 50 ms
-            # window first); a fixed sleep raced a fast engine finishing the whole request before the pause.
-            while await waiting() == 0:
-                await asyncio.sleep(0.005)
-            while await waiting() > 0:
-                await asyncio.sleep(0.005)
+            # Pause while the request is being generated (a fixed sleep raced a fast engine finishing first).
+            deadline = time.monotonic() + 60
+            while (await http.get(f"{url}/get_server_info")).json()["num_running_requests"] == 0:
+                assert not pending.done(), "the request finished before it was seen running"
+                assert time.monotonic() < deadline, "the request never started"
+                await asyncio.sleep(0.002)
             refused = await http.post(f"{url}/pause_generation", json={"mode": "later"})
             paused = await http.post(f"{url}/pause_generation", json={})
             out = (await pending).json()
