@@ -19,7 +19,7 @@ import time
 from slime_entropy.trainer.arguments import parse_args
 from slime_entropy.trainer.config import TrainerConfig
 from slime_entropy.trainer.fr3e import explore_fr3e
-from slime_entropy.trainer.groups import RolloutGroup, TrainGroup
+from slime_entropy.trainer.handles import RolloutWorkerHandle, TrainRankHandles
 from slime_entropy.trainer.placement import create_placement
 from slime_entropy.trainer.preflight import preflight
 from slime_entropy.trainer.ray_actors import quiet_known_warnings
@@ -36,10 +36,10 @@ def train(config: TrainerConfig) -> None:
         return report_finished_run(config)  # the checkpoint says there is nothing left to do
     with RaySession(log_level=config.run.log_level) as session:
         placement = session.track_placement(create_placement(config.layout))
-        rollout = RolloutGroup(config, placement, session)  # engines, prompt data, graders
+        rollout = RolloutWorkerHandle(config, placement, session)  # engines, prompt data, graders
         rollout.offload()
         num_rollout = config.run.num_rollout or rollout.num_rollout()
-        actors = TrainGroup(config, placement, session)  # Megatron ranks = one torch.distributed world
+        actors = TrainRankHandles(config, placement, session)  # Megatron ranks = one torch.distributed world
         start = actors.setup(num_total_steps=num_rollout * config.batch.num_steps_per_rollout)  # --load resumes
         run_dir.check_flags(config.args, resuming=start > 0)
         run_dir.record_processes(actors, rollout)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dry_run:
             from slime_entropy.launch.plan import plan_from_args
-            from slime_entropy.trainer.embedded import planning_assets
+            from slime_entropy.trainer.default_task import planning_assets
             from slime_entropy.trainer.preflight import dry_run_findings
 
             try:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(finding)
             return 0
         if args.embedded:
-            from slime_entropy.trainer.embedded import prepare_embedded
+            from slime_entropy.trainer.default_task import prepare_embedded
 
             prepare_embedded(args)  # the default task's tiny model gets its warm-up once, then it is cached
         try:

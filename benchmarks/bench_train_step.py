@@ -66,20 +66,20 @@ def _save_model(out: Path, opts) -> Path:
 
 
 def _samples(opts):
-    from slime_entropy.megatron.batching import Sample
+    from slime_entropy.megatron.batching import TrainSample
 
     g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(opts.samples):
         response = int(torch.randint(opts.response_len // 2, opts.response_len * 3 // 2 + 1, (1,), generator=g))
         tokens = torch.randint(0, opts.vocab, (64 + response,), generator=g)
-        out.append(Sample(tokens, response, torch.ones(response, dtype=torch.int64),
+        out.append(TrainSample(tokens, response, torch.ones(response, dtype=torch.int64),
                           {"advantages": torch.randn(response, generator=g)}))  # fmt: skip
     return out
 
 
 def _actor(hf_dir: Path, opts):
-    from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
+    from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
     from slime_entropy.megatron.actor import MegatronActor
     from slime_entropy.megatron.arguments import add_megatron_arguments
 

@@ -15,6 +15,6 @@ and train with ``--loss-type custom_loss --custom-loss-function-path slime_entro
 """
 
 from ._version import __version__
-from .arguments import add_arguments
+from .loss.arguments import add_arguments
 
 __all__ = ["__version__", "add_arguments"]

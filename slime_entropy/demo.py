@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from . import collectives
-from .arguments import add_arguments, add_slime_loss_arguments
+from .loss.arguments import add_arguments, add_slime_loss_arguments
 
 VOCAB, HIDDEN = 512, 64
 

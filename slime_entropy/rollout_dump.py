@@ -1,5 +1,5 @@
 """Rollout dumps: every sample of a rollout with its tokens, reward, advantage and the trainer's per-token entropy and
-log-probs. Written by ``train.py --save-rollouts``; read by ``python -m slime_entropy.analyze`` and anyone else.
+log-probs. Written by ``train.py --save-rollouts``; read by ``python -m slime_entropy.analysis`` and anyone else.
 
 Layout: one file per rollout, ``<run-dir>/rollouts/rollout_<id, 6 digits>.jsonl``, UTF-8 JSON Lines. Line 1 is the
 header, every further line one sample, in the rollout's order (groups contiguous, ordered by group index). Files are

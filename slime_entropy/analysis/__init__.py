@@ -1,6 +1,6 @@
 """Entropy analysis (issue 7): where the forking tokens are, in numbers, figures and an HTML page.
 
-    python -m slime_entropy.analyze --responses eval.jsonl --hf-checkpoint MODEL --out-dir analysis/
+    python -m slime_entropy.analysis --responses eval.jsonl --hf-checkpoint MODEL --out-dir analysis/
 
 Module map:
 

@@ -1,4 +1,4 @@
-"""``python -m slime_entropy.analysis`` (same as ``python -m slime_entropy.analyze``)."""
+"""``python -m slime_entropy.analysis`` (same as ``python -m slime_entropy.analysis``)."""
 
 import sys
 

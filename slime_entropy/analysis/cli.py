@@ -1,4 +1,4 @@
-"""``python -m slime_entropy.analyze``: entropy analysis of responses, with figures and an HTML page.
+"""``python -m slime_entropy.analysis``: entropy analysis of responses, with figures and an HTML page.
 
 Inputs (one of):
 
@@ -16,9 +16,9 @@ more models or training checkpoints and reports the overlap of their top-rho pos
 
 Examples::
 
-    python -m slime_entropy.analyze --responses eval/eval_aime24_rollout0.jsonl --hf-checkpoint /models/Qwen3-8B \\
+    python -m slime_entropy.analysis --responses eval/eval_aime24_rollout0.jsonl --hf-checkpoint /models/Qwen3-8B \\
         --rollout-temperature 1.0 --out-dir analysis/qwen3-8b
-    python -m slime_entropy.analyze --prompt-data aime.jsonl --input-key prompt --apply-chat-template \\
+    python -m slime_entropy.analysis --prompt-data aime.jsonl --input-key prompt --apply-chat-template \\
         --hf-checkpoint /models/Qwen3-14B-Base --n-samples-per-prompt 4 --rollout-max-response-len 8192 \\
         --compare-checkpoints step100=/ckpt/run/iter_0000099 step200=/ckpt/run/iter_0000199 \\
         --megatron-args "--tensor-model-parallel-size 1" --out-dir analysis/run
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from slime_entropy.trainer.arguments import ConciseParser
 
     parser = ConciseParser(
-        prog="python -m slime_entropy.analyze",
+        prog="python -m slime_entropy.analysis",
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,

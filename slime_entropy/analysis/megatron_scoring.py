@@ -42,7 +42,7 @@ class MegatronScorer:
     ):
         import argparse
 
-        from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
+        from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
         from slime_entropy.megatron import cpu_shim
         from slime_entropy.megatron.arguments import add_megatron_arguments
 
@@ -71,7 +71,7 @@ class MegatronScorer:
         from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
         from slime_entropy.megatron.actor import initialize_parallel_state
-        from slime_entropy.megatron.arguments import MegatronSettings
+        from slime_entropy.megatron.config import MegatronConfig
         from slime_entropy.megatron.checkpoint import checkpoint_path, load_checkpoint, read_tracker
         from slime_entropy.megatron.groups import ActorGroups
         from slime_entropy.megatron.model import build_gpt_model
@@ -85,7 +85,7 @@ class MegatronScorer:
             )
         if args.pipeline_model_parallel_size != 1:
             raise ValueError("the Megatron scorer does not support --pipeline-model-parallel-size > 1")
-        self.settings = settings = MegatronSettings.from_args(args, world_size=world)
+        self.settings = settings = MegatronConfig.from_args(args, world_size=world)
         if args.vocab_size is None:
             args.vocab_size = settings.arch.vocab_size  # the loss ignores Megatron's padded vocabulary columns
         initialize_parallel_state(settings, world)
@@ -99,11 +99,11 @@ class MegatronScorer:
         logger.info("Megatron scorer: %s (TP=%d)", source, args.tensor_model_parallel_size)
 
     def score(self, samples: Sequence[AnalysisSample]) -> list[AnalysisSample]:
-        from slime_entropy.megatron.batching import Sample
+        from slime_entropy.megatron.batching import TrainSample
         from slime_entropy.megatron.train_step import compute_log_probs
 
         work = [
-            Sample(
+            TrainSample(
                 tokens=torch.from_numpy(s.tokens.copy()),
                 response_length=s.response_length,
                 loss_mask=torch.from_numpy(s.response_mask.astype(np.int64)),

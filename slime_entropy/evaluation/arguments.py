@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from slime_entropy.arguments import has_option
+from slime_entropy.loss.arguments import has_option
 
 __all__ = ["add_eval_arguments"]
 
@@ -108,6 +108,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=None,
         help="(ours) write every evaluated response (tokens, text, reward, correctness, log-probs) to "
         "DIR/eval_<NAME>_rollout<ID>.jsonl and the metrics to DIR/eval_rollout<ID>.json; the jsonl is an input of "
-        "'python -m slime_entropy.analyze --responses'.",
+        "'python -m slime_entropy.analysis --responses'.",
     )
     return parser

@@ -88,7 +88,7 @@ class EvalReport:
 
 
 def sample_record(sample: Sample, *, dataset: str, correct: bool | None, reward_key: str | None) -> dict[str, Any]:
-    """One JSON line of ``--eval-output-dir`` (also read by ``slime_entropy.analyze --responses``)."""
+    """One JSON line of ``--eval-output-dir`` (also read by ``slime_entropy.analysis --responses``)."""
     from slime_entropy.rollout.rewards.compute import scalar_reward
 
     reward = sample.reward

@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from slime_entropy.launch.memory import ParallelLayout
+from slime_entropy.launch.memory import ParallelSizes
 from slime_entropy.megatron.architecture import HFArchitecture
 
 __all__ = ["TokenBudget", "MicroBatchPlan", "check_parallel_layout", "plan_micro_batches"]
 
 
 def check_parallel_layout(
-    arch: HFArchitecture, layout: ParallelLayout, *, num_gpus_per_node: int, rollout_num_gpus_per_engine: int
+    arch: HFArchitecture, layout: ParallelSizes, *, num_gpus_per_node: int, rollout_num_gpus_per_engine: int
 ) -> list[str]:
     """Every reason the model cannot be split as asked (training and engines). Empty when it can."""
     problems: list[str] = []

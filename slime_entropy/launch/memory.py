@@ -1,7 +1,7 @@
 """Per-GPU memory estimate of a training run, from the architecture and the parallel layout alone (no GPU, no torch).
 
 Everything here is pure arithmetic on :class:`~slime_entropy.megatron.architecture.HFArchitecture` and a
-:class:`ParallelLayout`; :mod:`slime_entropy.launch.plan` feeds it from the command line. Sizes are bytes; ``GiB``
+:class:`ParallelSizes`; :mod:`slime_entropy.launch.plan` feeds it from the command line. Sizes are bytes; ``GiB``
 in reports is 2**30 bytes.
 
 Parameters per rank (exact, megatron-core's ``GPTModel`` layout, checked against real models in the tests)
@@ -77,7 +77,7 @@ __all__ = [
     "GiB",
     "DEFAULT_RESERVE_GIB",
     "DEFAULT_SGLANG_MEM_FRACTION",
-    "ParallelLayout",
+    "ParallelSizes",
     "RankParameters",
     "TrainingMemory",
     "RolloutMemory",
@@ -95,7 +95,7 @@ DEFAULT_SGLANG_MEM_FRACTION = 0.9  # SGLang's own default for --mem-fraction-sta
 
 
 @dataclass(frozen=True, kw_only=True)
-class ParallelLayout:
+class ParallelSizes:
     """Megatron's training layout. ``expert_tensor_parallel_size`` None means "= TP" (megatron-core's default)."""
 
     world_size: int
@@ -147,7 +147,7 @@ def _attention_params(arch: HFArchitecture, tp: int) -> tuple[int, int]:
     return sharded // tp, replicated
 
 
-def _layer_params(arch: HFArchitecture, layer: int, layout: ParallelLayout) -> tuple[int, int]:
+def _layer_params(arch: HFArchitecture, layer: int, layout: ParallelSizes) -> tuple[int, int]:
     """(dense, expert) parameters of transformer layer ``layer`` (0-based) on one rank."""
     tp = layout.tensor_parallel_size
     sharded, replicated = _attention_params(arch, tp)
@@ -161,7 +161,7 @@ def _layer_params(arch: HFArchitecture, layer: int, layout: ParallelLayout) -> t
 
 
 def stage_parameters(
-    arch: HFArchitecture, layout: ParallelLayout, pp_rank: int, make_vocab_size_divisible_by: int = 128
+    arch: HFArchitecture, layout: ParallelSizes, pp_rank: int, make_vocab_size_divisible_by: int = 128
 ) -> RankParameters:
     """Parameters on one rank of pipeline stage ``pp_rank`` (every TP/EP rank of a stage holds the same count)."""
     tp, pp = layout.tensor_parallel_size, layout.pipeline_parallel_size
@@ -184,7 +184,7 @@ def stage_parameters(
 
 
 def rank_parameters(
-    arch: HFArchitecture, layout: ParallelLayout, make_vocab_size_divisible_by: int = 128
+    arch: HFArchitecture, layout: ParallelSizes, make_vocab_size_divisible_by: int = 128
 ) -> RankParameters:
     """The pipeline stage with the most parameters per rank (first or last: they carry the vocabulary)."""
     stages = [
@@ -196,12 +196,12 @@ def rank_parameters(
 
 def total_parameters(arch: HFArchitecture) -> int:
     """Parameters of the whole model without vocabulary padding (what the HF checkpoint holds)."""
-    layout = ParallelLayout(world_size=1)
+    layout = ParallelSizes(world_size=1)
     counts = stage_parameters(arch, layout, 0, make_vocab_size_divisible_by=1)
     return counts.total
 
 
-def layer_activation_bytes(arch: HFArchitecture, layout: ParallelLayout, tokens: int, routed: bool) -> int:
+def layer_activation_bytes(arch: HFArchitecture, layout: ParallelSizes, tokens: int, routed: bool) -> int:
     """Saved activations of one transformer layer for ``tokens`` tokens, bf16 (see the module docstring)."""
     tp = layout.tensor_parallel_size
     s = tp if layout.sequence_parallel else 1
@@ -247,7 +247,7 @@ class TrainingMemory:
 
 def estimate_training_memory(
     arch: HFArchitecture,
-    layout: ParallelLayout,
+    layout: ParallelSizes,
     *,
     tokens_per_micro_batch: int,
     log_prob_tokens_per_micro_batch: int | None = None,

@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slime_entropy.arguments import has_option
+from slime_entropy.loss.arguments import has_option
 from slime_entropy.launch.checks import MicroBatchPlan, TokenBudget, check_parallel_layout, plan_micro_batches
 from slime_entropy.launch.memory import (
     DEFAULT_RESERVE_GIB,
     GiB,
-    ParallelLayout,
+    ParallelSizes,
     RolloutMemory,
     TrainingMemory,
     estimate_rollout_memory,
@@ -108,7 +108,7 @@ class Plan:
     model_args_given: bool
     num_parameters: int
     padded_vocab_size: int
-    layout: ParallelLayout
+    layout: ParallelSizes
     cluster: Any
     batch: Any
     micro: MicroBatchPlan
@@ -406,8 +406,8 @@ def _trainer_checks(args: argparse.Namespace, on_gpu: bool, problems: list[str],
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """Resolve and check ``args`` for the machines it asks for; raise one ``ValueError`` listing every problem."""
-    from slime_entropy.config import LossConfig
-    from slime_entropy.megatron.arguments import flag_problems as megatron_flag_problems
+    from slime_entropy.loss.config import LossConfig
+    from slime_entropy.megatron.config import flag_problems as megatron_flag_problems
 
     problems: list[str] = []
     warnings: list[str] = []
@@ -422,7 +422,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     world = (
         cluster.num_train_ranks if cluster is not None else args.actor_num_nodes * (args.actor_num_gpus_per_node or 1)
     )
-    layout = ParallelLayout(
+    layout = ParallelSizes(
         world_size=world,
         tensor_parallel_size=tp,
         pipeline_parallel_size=args.pipeline_model_parallel_size,

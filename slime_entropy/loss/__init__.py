@@ -2,17 +2,19 @@
 
 Public entry points (slime v0.1.0 signatures): ``policy_loss_function``, ``loss_function``,
 ``get_log_probs_and_entropy``. ``compute_policy_loss`` is the same computation with explicit config and process
-groups, for callers outside Megatron.
+groups, for callers outside Megatron. The flags (``arguments``) and their frozen configs (``config``) import without
+torch; the rest is imported on first use.
 """
 
-from .compute import STEP_THRESHOLD_KEY, PolicyLossResult, compute_policy_loss
-from .slime_api import get_log_probs_and_entropy, loss_function, policy_loss_function
+from slime_entropy._lazy import lazy_exports
 
-__all__ = [
-    "policy_loss_function",
-    "loss_function",
-    "get_log_probs_and_entropy",
-    "compute_policy_loss",
-    "PolicyLossResult",
-    "STEP_THRESHOLD_KEY",
-]
+_HOMES = {
+    "policy_loss_function": "slime_api",
+    "loss_function": "slime_api",
+    "get_log_probs_and_entropy": "slime_api",
+    "compute_policy_loss": "policy_loss",
+    "PolicyLossResult": "policy_loss",
+    "STEP_THRESHOLD_KEY": "policy_loss",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
+__all__ = list(_HOMES)

@@ -21,10 +21,10 @@ from collections.abc import Mapping
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..config import LossConfig
+from .config import LossConfig
 from ..parallel import ParallelGroups
-from .compute import compute_log_probs_and_entropy, compute_policy_loss, metric_weight, slime_reducer
-from .layout import ResponseLayout
+from .policy_loss import compute_log_probs_and_entropy, compute_policy_loss, metric_weight, slime_reducer
+from .spans import ResponseSpans
 from .slime_release import SlimeRelease, detect_slime_release
 
 _CP_UTILS = "slime.backends.megatron_utils.cp_utils"
@@ -195,7 +195,7 @@ def loss_function(args: argparse.Namespace, batch: Mapping, num_microbatches: in
         result = compute_policy_loss(config, groups, batch, logits)
         loss, metrics, num_tokens = result.loss, result.metrics, result.num_tokens
     elif loss_type == "custom_loss":
-        layout = ResponseLayout.build(
+        layout = ResponseSpans.build(
             batch["unconcat_tokens"], batch["total_lengths"], batch["response_lengths"], groups.cp_rank, groups.cp_size
         )
         reducer = slime_reducer(layout, batch, per_token)

@@ -57,7 +57,7 @@ class MegatronActor:
     def __init__(self, args: argparse.Namespace, *, num_total_steps: int):
         from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-        from slime_entropy.megatron.arguments import MegatronSettings
+        from slime_entropy.megatron.config import MegatronConfig
         from slime_entropy.megatron.checkpoint import checkpoint_path, load_checkpoint
         from slime_entropy.megatron.groups import ActorGroups
         from slime_entropy.megatron.hf_bridge import load_hf_weights
@@ -68,7 +68,7 @@ class MegatronActor:
             raise RuntimeError("initialise torch.distributed (NCCL on GPUs, gloo on CPUs) before building the actor")
         cpu_shim.apply()
         world_size = dist.get_world_size()
-        self.settings = settings = MegatronSettings.from_args(args, world_size=world_size)
+        self.settings = settings = MegatronConfig.from_args(args, world_size=world_size)
         if args.vocab_size is None:
             args.vocab_size = settings.arch.vocab_size  # the loss ignores Megatron's padded vocabulary columns
         self.args = args
@@ -169,7 +169,7 @@ class MegatronActor:
                 f"global_batch_size / DP "
                 f"= {per_rank}"
             )
-        from slime_entropy.config import LossConfig
+        from slime_entropy.loss.config import LossConfig
 
         entropy_filter = LossConfig.from_args(self.args).entropy_filter
         use_step_scope = entropy_filter.enabled and entropy_filter.threshold_scope == "step"

@@ -23,13 +23,13 @@ import torch
 from slime_entropy import collectives
 from slime_entropy.megatron.model import packed_seq_params_from_lengths
 
-__all__ = ["Sample", "plan_micro_batches", "first_fit_count", "build_micro_batch", "PER_TOKEN_FIELDS"]
+__all__ = ["TrainSample", "plan_micro_batches", "first_fit_count", "build_micro_batch", "PER_TOKEN_FIELDS"]
 
 PER_TOKEN_FIELDS = ("advantages", "log_probs", "ref_log_probs", "rollout_log_probs")
 
 
 @dataclass
-class Sample:
+class TrainSample:
     """One prompt+response sequence of a rollout.
 
     tokens: [total_length] int64, prompt then response.
@@ -147,7 +147,7 @@ def plan_micro_batches(
 
 
 def build_micro_batch(
-    samples: Sequence[Sample], pad_multiple: int, device: torch.device, fields: Sequence[str] = PER_TOKEN_FIELDS
+    samples: Sequence[TrainSample], pad_multiple: int, device: torch.device, fields: Sequence[str] = PER_TOKEN_FIELDS
 ) -> dict:
     """slime's micro-batch dict for ``samples`` (possibly none) on ``device``.
 

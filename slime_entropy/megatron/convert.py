@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 def _build(args: argparse.Namespace, hf_dir: str):
     from slime_entropy.megatron import cpu_shim
     from slime_entropy.megatron.actor import initialize_parallel_state
-    from slime_entropy.megatron.arguments import MegatronSettings
+    from slime_entropy.megatron.config import MegatronConfig
     from slime_entropy.megatron.groups import ActorGroups
     from slime_entropy.megatron.model import build_gpt_model
 
@@ -44,7 +44,7 @@ def _build(args: argparse.Namespace, hf_dir: str):
     world = dist.get_world_size()
     if world > 1 and args.pipeline_model_parallel_size == 1 and args.tensor_model_parallel_size == 1:
         args.pipeline_model_parallel_size = world
-    settings = MegatronSettings.from_args(args, world_size=world)
+    settings = MegatronConfig.from_args(args, world_size=world)
     initialize_parallel_state(settings, world)
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 

@@ -20,7 +20,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import Float16Module
 
-from slime_entropy.megatron.arguments import OptimizerSettings
+from slime_entropy.megatron.config import OptimizerConfig
 from slime_entropy.megatron.model import ModelBuildConfig
 
 __all__ = ["wrap_for_training", "build_optimizer", "build_lr_scheduler"]
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def wrap_for_training(
-    model: torch.nn.Module, config: TransformerConfig, build: ModelBuildConfig, optimizer: OptimizerSettings
+    model: torch.nn.Module, config: TransformerConfig, build: ModelBuildConfig, optimizer: OptimizerConfig
 ) -> DistributedDataParallel:
     """bf16 wrapper (when ``build.bf16``) + Megatron DDP with contiguous gradient buffers.
 
@@ -54,7 +54,7 @@ def wrap_for_training(
 
 
 def build_optimizer(
-    ddp_model: DistributedDataParallel, config: TransformerConfig, settings: OptimizerSettings, bf16: bool
+    ddp_model: DistributedDataParallel, config: TransformerConfig, settings: OptimizerConfig, bf16: bool
 ):
     """Megatron's Adam over the model (distributed over DP ranks when ``settings.use_distributed_optimizer``)."""
     opt_config = OptimizerConfig(
@@ -78,7 +78,7 @@ def build_optimizer(
     return optimizer
 
 
-def build_lr_scheduler(optimizer, settings: OptimizerSettings, total_steps: int) -> OptimizerParamScheduler:
+def build_lr_scheduler(optimizer, settings: OptimizerConfig, total_steps: int) -> OptimizerParamScheduler:
     """Megatron's ``OptimizerParamScheduler`` in optimizer-step units (call ``step(1)`` after each update)."""
     decay_steps = settings.lr_decay_iters or max(total_steps, settings.lr_warmup_iters + 1)
     if decay_steps <= settings.lr_warmup_iters:

@@ -24,8 +24,8 @@ import torch
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from slime_entropy import collectives
-from slime_entropy.loss.compute import STEP_THRESHOLD_KEY
-from slime_entropy.megatron.batching import Sample, build_micro_batch, plan_micro_batches
+from slime_entropy.loss.policy_loss import STEP_THRESHOLD_KEY
+from slime_entropy.megatron.batching import TrainSample, build_micro_batch, plan_micro_batches
 from slime_entropy.megatron.groups import ActorGroups, comm_device
 
 __all__ = ["forward_logits", "compute_log_probs", "train_step", "compute_step_threshold", "STEP_THRESHOLD_KEY"]
@@ -65,7 +65,7 @@ def _run_schedule(model, batches: list[dict], loss_func_for: Callable[[dict, int
 @torch.no_grad()
 def compute_log_probs(
     model,
-    samples: Sequence[Sample],
+    samples: Sequence[TrainSample],
     *,
     args: argparse.Namespace,
     groups: ActorGroups,
@@ -126,7 +126,7 @@ def compute_log_probs(
 
 
 def compute_step_threshold(
-    samples: Sequence[Sample], keep_fraction: float, groups: ActorGroups, method: str = "radix"
+    samples: Sequence[TrainSample], keep_fraction: float, groups: ActorGroups, method: str = "radix"
 ):
     """The step-scope threshold: tau over the valid response tokens of the whole global batch.
 
@@ -155,7 +155,7 @@ def train_step(
     model,
     optimizer,
     scheduler,
-    samples: Sequence[Sample],
+    samples: Sequence[TrainSample],
     *,
     args: argparse.Namespace,
     groups: ActorGroups,

@@ -5,7 +5,7 @@ their help. Turn the parsed namespace into validated config objects once, with
 :meth:`slime_entropy.rollout.config.RolloutConfig.from_args`.
 
 ``--hf-checkpoint``, ``--rollout-temperature``, ``--rollout-num-gpus`` and ``--num-gpus-per-node`` are shared with
-the training side (``slime_entropy.megatron.arguments``, ``slime_entropy.arguments``); they are added only if the
+the training side (``slime_entropy.megatron.arguments``, ``slime_entropy.loss.arguments``); they are added only if the
 parser does not have them yet, so the order in which argument providers run does not matter.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from slime_entropy.arguments import has_option
+from slime_entropy.loss.arguments import has_option
 from slime_entropy.rollout.fr3e_arguments import add_fr3e_arguments
 from slime_entropy.rollout.sglang_options import register_passthrough
 
@@ -126,7 +126,7 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("rollout sampling")
-    if not has_option(parser, "--rollout-temperature"):  # also registered by slime_entropy.arguments (the loss)
+    if not has_option(parser, "--rollout-temperature"):  # also registered by slime_entropy.loss.arguments (the loss)
         g.add_argument(
             "--rollout-temperature",
             type=float,

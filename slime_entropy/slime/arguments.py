@@ -31,7 +31,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from ..arguments import add_arguments, has_option
+from ..loss.arguments import add_arguments, has_option
 
 __all__ = ["OUR_LOSS_PATH", "FLAG_NAMESPACES", "LaunchError", "install", "our_flags"]
 
@@ -194,7 +194,7 @@ class _Call:
                 "is chosen), or drop slime_entropy's flags to train with that loss"
             )
         if ours_selected:
-            from ..config import LossConfig
+            from ..loss.config import LossConfig
 
             try:
                 LossConfig.from_args(args)

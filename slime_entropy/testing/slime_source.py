@@ -18,7 +18,7 @@ import sys
 import types
 from pathlib import Path
 
-from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
+from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
 
 LOSS = "slime.backends.megatron_utils.loss"
 CP_UTILS = "slime.backends.megatron_utils.cp_utils"

@@ -7,7 +7,7 @@
    (``--num-steps-per-rollout``, evaluation), weight updates, the run directory, logging (``--use-wandb`` ...), the
    built-in default task and ``--dry-run``;
 2. ``slime_entropy.add_arguments``: the high-entropy filter and our policy-loss options;
-3. ``slime_entropy.arguments.add_slime_loss_arguments``: slime's own loss flags (``--eps-clip``, ``--use-kl-loss``...);
+3. ``slime_entropy.loss.arguments.add_slime_loss_arguments``: slime's own loss flags (``--eps-clip``, ``--use-kl-loss``...);
 4. ``slime_entropy.rollout.arguments.add_rollout_arguments``: engines, sampling, data, rewards, groups;
 5. ``slime_entropy.megatron.arguments.add_megatron_arguments``: MODEL_ARGS, parallelism, optimizer, batching and
    checkpoints in Megatron's spelling.
@@ -15,7 +15,7 @@
 ``parse_args(argv)`` parses once. Flags no provider registered are an error that names each of them (with the
 closest known spelling), abbreviations are not accepted (``--entropy-perc`` must not silently mean
 ``--entropy-percentile``), and without ``--hf-checkpoint`` and ``--prompt-data`` the built-in default task fills in
-every flag the user did not give (see :mod:`slime_entropy.trainer.embedded`).
+every flag the user did not give (see :mod:`slime_entropy.trainer.default_task`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import difflib
 import sys
 from collections.abc import Sequence
 
-from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
+from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
 from slime_entropy.rollout.sglang_options import describe_unknown
 
 __all__ = ["add_trainer_arguments", "build_parser", "parse_args", "ConciseParser", "UPDATE_WEIGHT_TRANSPORTS"]
@@ -144,7 +144,7 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         action="store_true",
         help="(ours) Write every rollout's samples to <run-dir>/rollouts/ with token ids, rewards, advantages and the "
         "trainer's per-token entropy and log-probs (format: slime_entropy.rollout_dump; read by "
-        "python -m slime_entropy.analyze).",
+        "python -m slime_entropy.analysis).",
     )
     g.add_argument(
         "--plot-interval",
@@ -254,7 +254,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.hf_checkpoint is None and args.prompt_data is None:
-        from slime_entropy.trainer.embedded import embedded_argv
+        from slime_entropy.trainer.default_task import embedded_argv
 
         # The default task's flags first, the user's after them: anything the user gave wins.
         args = parser.parse_args(embedded_argv(args) + argv)

@@ -13,7 +13,7 @@ The checks a launch tool can reuse without building anything are plain functions
 - :func:`loop_problems`: the loop's own flags (evaluation flags belong to ``slime_entropy.evaluation``).
 
 Each raises ``ValueError`` whose lines name the flags and the fix. :meth:`TrainerConfig.from_args` runs them together
-with the loss (``LossConfig``), rollout (``RolloutConfig``) and Megatron (``MegatronSettings``) validation and reports
+with the loss (``LossConfig``), rollout (``RolloutConfig``) and Megatron (``MegatronConfig``) validation and reports
 everything at once.
 """
 
@@ -364,7 +364,7 @@ class TrainerConfig:
     run: RunConfig
     eval: EvalConfig | None  # None without --eval-prompt-data
     wandb: WandbConfig
-    megatron: Any  # MegatronSettings
+    megatron: Any  # MegatronConfig
     rollout: Any  # RolloutConfig
     loss: Any  # LossConfig
     args: argparse.Namespace = field(repr=False)
@@ -382,8 +382,8 @@ class TrainerConfig:
         """Validate every provider's flags and the trainer's; raise one ``ValueError`` listing all problems."""
         import torch
 
-        from slime_entropy.config import LossConfig
-        from slime_entropy.megatron.arguments import MegatronSettings
+        from slime_entropy.loss.config import LossConfig
+        from slime_entropy.megatron.config import MegatronConfig
         from slime_entropy.rollout.config import RolloutConfig
 
         on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
@@ -423,7 +423,7 @@ class TrainerConfig:
             )
         )
         megatron = attempt(
-            lambda: MegatronSettings.from_args(args, world_size=layout.num_train_ranks if layout else None)
+            lambda: MegatronConfig.from_args(args, world_size=layout.num_train_ranks if layout else None)
         )
         batch = None
         if layout is not None and args.rollout_batch_size is not None:  # RolloutConfig reports a missing one
@@ -478,7 +478,7 @@ class TrainerConfig:
 
 # The providers' multi-KB "resolved configuration" lines: useful inside slime, where nothing else shows them, but the
 # trainer records every flag in args.json and a mistake's message must not scroll away under them.
-_CONFIG_DUMP_LOGGERS = ("slime_entropy.config", "slime_entropy.megatron.arguments")
+_CONFIG_DUMP_LOGGERS = ("slime_entropy.loss.config", "slime_entropy.megatron.config")
 
 
 class _ToDebug(logging.Filter):

@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 
 from slime_entropy.trainer.config import TrainerConfig
-from slime_entropy.trainer.groups import RolloutBatch, RolloutGroup, TrainGroup
+from slime_entropy.trainer.handles import RolloutBatch, RolloutWorkerHandle, TrainRankHandles
 
 __all__ = ["explore_fr3e", "response_entropies"]
 
 
-def response_entropies(actors: TrainGroup, rollout_id: int, batch: RolloutBatch) -> dict[int, list[float]]:
+def response_entropies(actors: TrainRankHandles, rollout_id: int, batch: RolloutBatch) -> dict[int, list[float]]:
     """Global sample position -> the old policy's entropy per response token (the ranks' log-prob pass)."""
     refs = [
         actor.prepare_rollout.remote(rollout_id, batch.data_refs[info["dp_rank"]], True)
@@ -36,7 +36,7 @@ def response_entropies(actors: TrainGroup, rollout_id: int, batch: RolloutBatch)
 
 
 def explore_fr3e(
-    config: TrainerConfig, rollout_id: int, batch: RolloutBatch, actors: TrainGroup, rollout: RolloutGroup
+    config: TrainerConfig, rollout_id: int, batch: RolloutBatch, actors: TrainRankHandles, rollout: RolloutWorkerHandle
 ) -> RolloutBatch:
     """The base rollout ``batch`` -> the training batch with FR3E's partial rollouts (see module doc)."""
     entropies = None

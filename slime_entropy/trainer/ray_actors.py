@@ -92,7 +92,7 @@ def samples_from_train_data(data: dict[str, list]) -> list:
     token (GRPO: one normalised reward per sample) and the engine's log-probs (for TIS and mismatch metrics)."""
     import torch
 
-    from slime_entropy.megatron.batching import Sample
+    from slime_entropy.megatron.batching import TrainSample
 
     samples = []
     for tokens, length, mask, reward, rollout_log_probs in zip(
@@ -100,7 +100,7 @@ def samples_from_train_data(data: dict[str, list]) -> list:
         strict=True,
     ):  # fmt: skip
         samples.append(
-            Sample(
+            TrainSample(
                 torch.tensor(tokens, dtype=torch.int64),
                 int(length),
                 torch.tensor(mask, dtype=torch.int64),

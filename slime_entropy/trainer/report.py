@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from slime_entropy.rollout_dump import DumpHeader, write_rollout_dump
 from slime_entropy.trainer.config import TrainerConfig
-from slime_entropy.trainer.groups import RolloutBatch, TrainResult
+from slime_entropy.trainer.handles import RolloutBatch, TrainResult
 from slime_entropy.trainer.metrics import MetricsLogger, read_metrics, summary_line
 from slime_entropy.trainer.plots import plot_run
 

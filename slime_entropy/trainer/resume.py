@@ -192,7 +192,7 @@ class RunDirectory:
 
 
 def expected_start(checkpoint) -> int:
-    """The rollout a run with these checkpoint settings (``MegatronSettings.checkpoint``) starts at, read from the
+    """The rollout a run with these checkpoint settings (``MegatronConfig.checkpoint``) starts at, read from the
     ``--load`` tracker as the training ranks will (they decide; this only lets the driver say it early)."""
     from slime_entropy.megatron.checkpoint import read_tracker
 

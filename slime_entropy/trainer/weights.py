@@ -24,7 +24,7 @@ import logging
 import time
 
 from slime_entropy.trainer.config import TrainerConfig
-from slime_entropy.trainer.groups import RolloutGroup, TrainGroup, wait_all
+from slime_entropy.trainer.handles import RolloutWorkerHandle, TrainRankHandles, wait_all
 
 __all__ = ["WeightSync"]
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 class WeightSync:
-    def __init__(self, config: TrainerConfig, actors: TrainGroup, rollout: RolloutGroup):
+    def __init__(self, config: TrainerConfig, actors: TrainRankHandles, rollout: RolloutWorkerHandle):
         self.actors, self.rollout = actors, rollout
         self.transport = config.layout.weight_transport
         self.backend = "nccl" if config.layout.on_gpu else "gloo"

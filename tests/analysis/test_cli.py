@@ -1,4 +1,4 @@
-"""``python -m slime_entropy.analyze`` end to end: saved responses without a model, and prompts -> built-in engine ->
+"""``python -m slime_entropy.analysis`` end to end: saved responses without a model, and prompts -> built-in engine ->
 transformers scoring, compared with the trainer's Megatron model on a torch_dist copy of the same weights."""
 
 import json
@@ -57,7 +57,7 @@ def test_prompts_generated_scored_and_compared_with_megatron(tiny_hf, tiny_torch
         "".join(json.dumps({"prompt": f"What is {i} + {i}?", "label": str(2 * i)}) + "\n" for i in range(3))
     )
     argv = [
-        sys.executable, "-m", "slime_entropy.analyze", "--prompt-data", str(prompts), "--input-key", "prompt",
+        sys.executable, "-m", "slime_entropy.analysis", "--prompt-data", str(prompts), "--input-key", "prompt",
         "--label-key", "label", "--apply-chat-template", "--rm-type", "math", "--hf-checkpoint", str(tiny_hf),
         "--n-samples-per-prompt", "2", "--rollout-max-response-len", "16", "--rollout-temperature", "0.8",
         "--compare-checkpoints", f"megatron={tiny_torch_dist}", "--megatron-args",

@@ -16,7 +16,7 @@ HF_FIXTURES = FIXTURES / "hf"
 
 def trainer_parser() -> argparse.ArgumentParser:
     """train.py's parser, with the dry-run planner's flags (``add_plan_arguments``) if train.py lacks them."""
-    from slime_entropy.arguments import has_option
+    from slime_entropy.loss.arguments import has_option
     from slime_entropy.launch.plan import add_plan_arguments
     from slime_entropy.trainer.arguments import build_parser
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from slime_entropy.launch.checks import TokenBudget, check_parallel_layout, plan_micro_batches
-from slime_entropy.launch.memory import ParallelLayout
+from slime_entropy.launch.memory import ParallelSizes
 from slime_entropy.megatron.architecture import HFArchitecture
 from tests.launch.helpers import HF_FIXTURES
 
@@ -54,9 +54,9 @@ def test_unbounded_prompts_and_fixed_micro_batches():
 
 
 def test_valid_layouts_have_no_problems():
-    tp2 = ParallelLayout(world_size=8, tensor_parallel_size=2, sequence_parallel=True)
+    tp2 = ParallelSizes(world_size=8, tensor_parallel_size=2, sequence_parallel=True)
     assert check_parallel_layout(DENSE, tp2, num_gpus_per_node=8, rollout_num_gpus_per_engine=2) == []
-    moe = ParallelLayout(
+    moe = ParallelSizes(
         world_size=8, tensor_parallel_size=4, expert_parallel_size=8, expert_tensor_parallel_size=1,
         sequence_parallel=True,
     )  # fmt: skip
@@ -82,6 +82,6 @@ def test_valid_layouts_have_no_problems():
     ],
 )  # fmt: skip
 def test_layout_rules(arch, layout, engine_tp, expected):
-    layout = ParallelLayout(**{"world_size": 16, **layout})
+    layout = ParallelSizes(**{"world_size": 16, **layout})
     problems = check_parallel_layout(arch, layout, num_gpus_per_node=8, rollout_num_gpus_per_engine=engine_tp)
     assert any(expected in p for p in problems), problems

@@ -14,7 +14,7 @@ import pytest
 
 from slime_entropy.launch.memory import (
     GiB,
-    ParallelLayout,
+    ParallelSizes,
     estimate_rollout_memory,
     estimate_training_memory,
     layer_activation_bytes,
@@ -119,7 +119,7 @@ def test_per_rank_counts_match_megatron_core_models():
     results = run_world(_count_worker, 4, args=(LAYOUTS,), timeout=300)
     for i, (name, tp, pp, ep, etp) in enumerate(LAYOUTS):
         arch = HFArchitecture.from_config_dict(TINY[name])
-        layout = ParallelLayout(
+        layout = ParallelSizes(
             world_size=4,
             tensor_parallel_size=tp,
             pipeline_parallel_size=pp,
@@ -140,7 +140,7 @@ def test_per_rank_counts_match_megatron_core_models():
 
 def test_training_terms_follow_their_byte_counts():
     arch = _arch("Qwen3-8B")
-    layout = ParallelLayout(world_size=8, tensor_parallel_size=2, sequence_parallel=True)
+    layout = ParallelSizes(world_size=8, tensor_parallel_size=2, sequence_parallel=True)
     base = dict(tokens_per_micro_batch=8192, reserve_gib=4.0)
     m = estimate_training_memory(arch, layout, grads_in_fp32=True, **base)
     p = m.parameters.total
@@ -168,23 +168,23 @@ def test_training_terms_follow_their_byte_counts():
     no_recompute = estimate_training_memory(arch, layout, full_recompute=False, **base)
     assert no_recompute.activations == 36 * layer_activation_bytes(arch, layout, 8192, routed=False)
     assert no_recompute.activations > 5 * m.activations
-    no_sp = ParallelLayout(world_size=8, tensor_parallel_size=2, sequence_parallel=False)
+    no_sp = ParallelSizes(world_size=8, tensor_parallel_size=2, sequence_parallel=False)
     assert estimate_training_memory(arch, no_sp, **base).activations > m.activations
     assert estimate_training_memory(arch, layout, **{**base, "tokens_per_micro_batch": 16384}).activations > (
         m.activations
     )
-    pp = ParallelLayout(world_size=8, tensor_parallel_size=2, pipeline_parallel_size=2, sequence_parallel=True)
+    pp = ParallelSizes(world_size=8, tensor_parallel_size=2, pipeline_parallel_size=2, sequence_parallel=True)
     staged = estimate_training_memory(arch, pp, num_micro_batches=8, **base)
     assert staged.parameters.total < p and staged.parameters.stage in ("first stage", "last stage")
 
 
 def test_one_layer_activations_by_hand():
     arch = _arch("Qwen3-8B")  # h 4096, q 32x128, kv 8x128, ffn 12288, q/k norms
-    tp2_sp = ParallelLayout(world_size=8, tensor_parallel_size=2, sequence_parallel=True)
+    tp2_sp = ParallelSizes(world_size=8, tensor_parallel_size=2, sequence_parallel=True)
     per_token = 4 * 4096 / 2 + (2 * 4096 + 2 * 1024) / 2 + (4096 + 1024) / 2 + 3 * 12288 / 2
     assert layer_activation_bytes(arch, tp2_sp, 1000, routed=False) == 2 * 1000 * per_token
     moe = _arch("Qwen3-30B-A3B")  # h 2048, q 32x128, kv 4x128, 128 experts of 768, top-8
-    tp4_ep8 = ParallelLayout(
+    tp4_ep8 = ParallelSizes(
         world_size=8, tensor_parallel_size=4, expert_parallel_size=8, expert_tensor_parallel_size=1,
         sequence_parallel=True,
     )  # fmt: skip
@@ -194,7 +194,7 @@ def test_one_layer_activations_by_hand():
 
 def test_moe_optimizer_state_is_sharded_over_the_expert_data_parallel_group():
     arch = _arch("Qwen3-30B-A3B")
-    layout = ParallelLayout(
+    layout = ParallelSizes(
         world_size=16, tensor_parallel_size=4, expert_parallel_size=8, expert_tensor_parallel_size=1,
         sequence_parallel=True,
     )  # fmt: skip

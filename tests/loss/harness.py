@@ -2,7 +2,7 @@
 ``slime_entropy.loss.loss_function`` on every rank, and emulate what Megatron and slime do with the result
 (gradient scaling, metric reduction), so that the outcome can be compared with ``reference.reference_step``.
 
-The CP slicing here is written independently of ``slime_entropy.loss.layout``: a rank owns the logits rows of
+The CP slicing here is written independently of ``slime_entropy.loss.spans``: a rank owns the logits rows of
 its two zigzag chunks, and a response token is local iff its predicting row is.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
+from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
 
 from .reference import RefSample
 

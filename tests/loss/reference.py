@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import torch
 
-from slime_entropy.config import LossConfig
+from slime_entropy.loss.config import LossConfig
 
 
 @dataclass

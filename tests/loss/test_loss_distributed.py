@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slime_entropy.config import LossConfig
+from slime_entropy.loss.config import LossConfig
 from tests.distributed import run_world
 
 from .harness import make_args, make_samples, megatron_layout, run_rank

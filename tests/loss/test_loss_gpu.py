@@ -4,7 +4,7 @@ reference. Skipped without a GPU."""
 import pytest
 import torch
 
-from slime_entropy.config import LossConfig
+from slime_entropy.loss.config import LossConfig
 from slime_entropy.loss import loss_function
 
 from .harness import build_rank_input, make_args, make_samples

@@ -4,10 +4,10 @@ clear errors."""
 import pytest
 import torch
 
-from slime_entropy.config import LossConfig
+from slime_entropy.loss.config import LossConfig
 from slime_entropy.loss import get_log_probs_and_entropy, loss_function, policy_loss_function
-from slime_entropy.loss.compute import slime_reducer
-from slime_entropy.loss.layout import ResponseLayout
+from slime_entropy.loss.policy_loss import slime_reducer
+from slime_entropy.loss.spans import ResponseSpans
 
 from .harness import build_rank_input, make_args, make_samples
 from .reference import reference_step
@@ -115,7 +115,7 @@ def test_per_token_kept_through_the_hook_is_refused_with_alternatives():
     args = make_args(f"{BASE} --high-entropy-token-filter --calculate-per-token-loss", global_batch_size=3)
     rank_input = build_rank_input(samples, [0, 1, 2], 0, 1, 0, 1)
     batch = rank_input.batch
-    layout = ResponseLayout.build(batch["unconcat_tokens"], batch["total_lengths"], batch["response_lengths"])
+    layout = ResponseSpans.build(batch["unconcat_tokens"], batch["total_lengths"], batch["response_lengths"])
     with pytest.raises(ValueError, match="--entropy-filter-denominator all"):
         policy_loss_function(args, batch, rank_input.logits, slime_reducer(layout, batch, True))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from slime_entropy.loss import loss_function
-from slime_entropy.loss.compute import metric_weight
+from slime_entropy.loss.policy_loss import metric_weight
 from slime_entropy.testing.slime_source import slime_loss_args
 
 from .harness import build_rank_input, make_samples
@@ -89,7 +89,7 @@ def test_loss_function_takes_both_signatures():
 
 
 def test_own_loss_features_select_slime_entropys_loss():
-    from slime_entropy.config import LossConfig
+    from slime_entropy.loss.config import LossConfig
 
     assert LossConfig.from_args(_args("")).own_features == ()
     features = LossConfig.from_args(_args("--policy-loss-mode gpg --entropy-advantage-alpha 0.1"))

@@ -70,7 +70,7 @@ def save_tiny_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
 
 def make_args(argv: list[str]) -> argparse.Namespace:
     """The trainer's parser: slime_entropy's loss flags, slime's loss flags and the Megatron actor flags."""
-    from slime_entropy.arguments import add_arguments, add_slime_loss_arguments
+    from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
     from slime_entropy.megatron.arguments import add_megatron_arguments
 
     parser = argparse.ArgumentParser()
@@ -82,7 +82,7 @@ def make_args(argv: list[str]) -> argparse.Namespace:
 
 def make_samples(num_samples: int, seed: int = 0, vocab: int = VOCAB):
     """Rollout samples of varied lengths: random prompt/response tokens, advantages, some masked-out tokens."""
-    from slime_entropy.megatron.batching import Sample
+    from slime_entropy.megatron.batching import TrainSample
 
     g = torch.Generator().manual_seed(seed)
     samples = []
@@ -94,7 +94,7 @@ def make_samples(num_samples: int, seed: int = 0, vocab: int = VOCAB):
         if i % 3 == 0:
             mask[-2:] = 0
         advantages = torch.randn(response_len, generator=g)
-        samples.append(Sample(tokens, response_len, mask, {"advantages": advantages}))
+        samples.append(TrainSample(tokens, response_len, mask, {"advantages": advantages}))
     return samples
 
 

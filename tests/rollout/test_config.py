@@ -274,7 +274,7 @@ def test_passthrough_list_has_the_run_script_options():
 
 
 def test_composes_with_the_other_argument_providers(tiny_model_dir, math_prompts):
-    from slime_entropy.arguments import add_arguments
+    from slime_entropy.loss.arguments import add_arguments
     from slime_entropy.megatron.arguments import add_megatron_arguments
 
     for order in (

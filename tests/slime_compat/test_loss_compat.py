@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slime_entropy.config import LossConfig
+from slime_entropy.loss.config import LossConfig
 from tests.distributed import run_world
 from tests.loss.harness import make_samples, megatron_layout
 from tests.loss.reference import reference_step

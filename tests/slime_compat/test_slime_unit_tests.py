@@ -5,9 +5,9 @@ slime: once as written (against slime, proving the harness runs them), once with
 replaced by an adapter over slime_entropy's implementation. Which tests, and why:
 
 - ``test_policy_loss.py::test_compute_policy_loss_applies_dual_clip_to_negative_advantages`` -> our
-  ``policy.clipped_surrogate`` (PPO clip + dual clip). ``test_policy_loss_function_forwards_eps_clip_c`` reads
+  ``surrogates.clipped_surrogate`` (PPO clip + dual clip). ``test_policy_loss_function_forwards_eps_clip_c`` reads
   slime's loss.py source: it is about slime's wiring, not applicable (ours: the compat suite's dual-clip case).
-- ``test_cispo_loss.py`` (both tests, every clip case) -> ``policy.cispo_surrogate`` (old = ppo_kl + log_probs).
+- ``test_cispo_loss.py`` (both tests, every clip case) -> ``surrogates.cispo_surrogate`` (old = ppo_kl + log_probs).
 - ``test_ppo_logprob_entropy.py`` single-rank and empty-input tests -> ``ops.vocab_parallel_logprob_entropy``.
   The top-p keep-mask cases do not apply (slime_entropy refuses --rollout-top-p < 1 with the filter; with it off
   slime's own kernel runs) and are reported as not applicable. slime compares at atol 1e-8 against a reference
@@ -35,15 +35,15 @@ MAIN = "head-624b824a8"
 
 
 def _ours_compute_policy_loss(ppo_kl, advantages, eps_clip, eps_clip_high, eps_clip_c=None):
-    from slime_entropy.loss import policy
+    from slime_entropy.loss import surrogates
 
-    return policy.clipped_surrogate(ppo_kl, advantages, eps_clip, eps_clip_high, eps_clip_c)
+    return surrogates.clipped_surrogate(ppo_kl, advantages, eps_clip, eps_clip_high, eps_clip_c)
 
 
 def _ours_compute_cispo_loss(ppo_kl, log_probs, advantages, eps_clip, eps_clip_high):
-    from slime_entropy.loss import policy
+    from slime_entropy.loss import surrogates
 
-    return policy.cispo_surrogate(log_probs, ppo_kl + log_probs, advantages, eps_clip, eps_clip_high)
+    return surrogates.cispo_surrogate(log_probs, ppo_kl + log_probs, advantages, eps_clip, eps_clip_high)
 
 
 def _ours_calculate_log_probs_and_entropy(

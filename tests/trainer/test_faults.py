@@ -101,7 +101,7 @@ def test_apply_chat_template_on_a_tokenizer_without_one(trainer_model, trainer_d
 def test_dependent_flags_and_the_default_tasks_batch_flags(tmp_path, capsys):
     from slime_entropy.trainer.arguments import parse_args
     from slime_entropy.trainer.config import TrainerConfig, check_batch_arithmetic
-    from slime_entropy.trainer.embedded import planning_assets
+    from slime_entropy.trainer.default_task import planning_assets
 
     argv = ["--embedded-cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run")]
     # --global-batch-size on the default task: the task itself must not pin the steps per rollout
@@ -141,7 +141,7 @@ def test_config_dumps_do_not_precede_an_error(trainer_model, trainer_data, tmp_p
 # ----- where a run resumes -----
 def test_save_without_load_resumes_from_save_on_every_task(trainer_model, trainer_data, tmp_path, capsys):
     from slime_entropy.trainer.arguments import parse_args
-    from slime_entropy.trainer.embedded import embedded_argv
+    from slime_entropy.trainer.default_task import embedded_argv
 
     save = str(tmp_path / "mine")
     embedded = parse_args(["--save", save, "--embedded-cache-dir", str(tmp_path / "cache")])
@@ -271,7 +271,7 @@ def test_an_error_inside_a_ray_actor_reaches_the_driver_with_its_own_message():
     """Every time, whether the actor raises in its constructor or in a method, and without the advice to rerun."""
     import ray
 
-    from slime_entropy.trainer.groups import wait_all
+    from slime_entropy.trainer.handles import wait_all
     from slime_entropy.trainer.session import TrainerFailure
 
     ray.init(address="local", include_dashboard=False, num_cpus=1, log_to_driver=False)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from slime_entropy.trainer.embedded import problem_prompt, worked_solution
+from slime_entropy.trainer.default_task import problem_prompt, worked_solution
 from tests.trainer.helpers import TrainRun, read_metrics
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from slime_entropy.loss.layout import ResponseLayout, zigzag_token_ranges
+from slime_entropy.loss.spans import ResponseSpans, zigzag_token_ranges
 
 
 def brute_force_local_tokens(total, response, cp_rank, cp_size):
@@ -30,7 +30,7 @@ def test_zigzag_ranges_match_brute_force(cp_size):
 
 def test_layout_rows_and_targets_cp1():
     tokens = [torch.tensor([5, 6, 7, 8]), torch.tensor([1, 2, 3])]
-    layout = ResponseLayout.build(tokens, [4, 3], [2, 1])
+    layout = ResponseSpans.build(tokens, [4, 3], [2, 1])
     # sample 0 occupies rows 0..3: its response tokens 7, 8 are scored by rows 1, 2;
     # sample 1 occupies rows 4..6: its response token 3 is scored by row 5
     assert layout.rows.tolist() == [1, 2, 5]
@@ -44,7 +44,7 @@ def test_layout_rows_cp2_follow_local_stream():
     total, response = 9, 5
     tokens = [torch.arange(100, 100 + total)]
     for rank in range(2):
-        layout = ResponseLayout.build(tokens, [total], [response], cp_rank=rank, cp_size=2)
+        layout = ResponseSpans.build(tokens, [total], [response], cp_rank=rank, cp_size=2)
         chunk = 3  # ceil(9 / 4)
         local_rows = list(range(rank * chunk, (rank + 1) * chunk)) + list(
             range((3 - rank) * chunk, (4 - rank) * chunk)
@@ -57,8 +57,8 @@ def test_layout_rows_cp2_follow_local_stream():
 
 def test_layout_errors_are_clear():
     with pytest.raises(ValueError, match="total_lengths says 5"):
-        ResponseLayout.build([torch.arange(4)], [5], [2])
+        ResponseSpans.build([torch.arange(4)], [5], [2])
     with pytest.raises(ValueError, match="non-empty prompt"):
-        ResponseLayout.build([torch.arange(4)], [4], [4])
+        ResponseSpans.build([torch.arange(4)], [4], [4])
     with pytest.raises(ValueError, match="inconsistent"):
-        ResponseLayout.build([torch.arange(4)], [4, 4], [2])
+        ResponseSpans.build([torch.arange(4)], [4, 4], [2])

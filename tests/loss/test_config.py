@@ -6,8 +6,8 @@ import re
 import pytest
 
 import slime_entropy
-from slime_entropy.arguments import add_slime_loss_arguments
-from slime_entropy.config import EntropyFilterConfig, LossConfig
+from slime_entropy.loss.arguments import add_slime_loss_arguments
+from slime_entropy.loss.config import EntropyFilterConfig, LossConfig
 
 
 def parse(argv: str):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["zigzag_token_ranges", "ResponseLayout"]
+__all__ = ["zigzag_token_ranges", "ResponseSpans"]
 
 Range = tuple[int, int]
 
@@ -52,7 +52,7 @@ def zigzag_token_ranges(
 
 
 @dataclass(frozen=True)
-class ResponseLayout:
+class ResponseSpans:
     """Local response tokens of one micro-batch on one CP rank.
 
     Attributes:
@@ -77,7 +77,7 @@ class ResponseLayout:
         cp_rank: int = 0,
         cp_size: int = 1,
         device: torch.device | str | None = None,
-    ) -> ResponseLayout:
+    ) -> ResponseSpans:
         if not len(unconcat_tokens) == len(total_lengths) == len(response_lengths):
             raise ValueError(
                 f"batch is inconsistent: {len(unconcat_tokens)} unconcat_tokens, {len(total_lengths)} total_lengths, "

@@ -1,7 +1,7 @@
 """Per-token policy-loss math. Pure: no megatron, no ray, no collectives.
 
 Shapes: every argument and result named ``*_tok`` is ``[N]``, the concatenated local response tokens of a
-micro-batch (sample-major, see ``layout.ResponseLayout``). Values are per token and *unreduced*: the caller
+micro-batch (sample-major, see ``layout.ResponseSpans``). Values are per token and *unreduced*: the caller
 reduces them with a sample-mean reducer (``reducer.py``). Gradients flow through ``log_probs`` only;
 ``old_log_probs``, ``ref_log_probs``, ``rollout_log_probs`` and ``advantages`` are data.
 

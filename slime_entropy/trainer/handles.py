@@ -23,7 +23,7 @@ from slime_entropy.trainer.placement import Placement
 from slime_entropy.trainer.ray_actors import RolloutWorker, TrainRank
 from slime_entropy.trainer.session import RaySession, TrainerFailure
 
-__all__ = ["wait_all", "TrainGroup", "RolloutGroup", "RolloutBatch"]
+__all__ = ["wait_all", "TrainRankHandles", "RolloutWorkerHandle", "RolloutBatch"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _actor_error_reason(error: Exception) -> str:
     return detail[:300]
 
 
-class TrainGroup:
+class TrainRankHandles:
     """The training ranks: one ``TrainRank`` actor per bundle of ``placement.train``, forming one torch.distributed
     world."""
 
@@ -285,7 +285,7 @@ class RolloutBatch:
     """One object reference per data-parallel rank (slime's rollout dict); the ranks fetch their own."""
 
 
-class RolloutGroup:
+class RolloutWorkerHandle:
     """The rollout worker actor (engines, data, rewards) on the engines' node."""
 
     def __init__(self, config: TrainerConfig, placement: Placement, session: RaySession):

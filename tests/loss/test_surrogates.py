@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slime_entropy.loss import policy
+from slime_entropy.loss import surrogates
 
 
 def _data(n=64, seed=0):
@@ -20,7 +20,7 @@ def _data(n=64, seed=0):
 
 def test_clipped_surrogate_matches_formula_and_clipfrac():
     logp, old, adv = _data()
-    loss, clipfrac = policy.clipped_surrogate(old - logp, adv, 0.2, 0.28)
+    loss, clipfrac = surrogates.clipped_surrogate(old - logp, adv, 0.2, 0.28)
     for i in range(len(adv)):
         r = math.exp(float(logp[i].detach() - old[i]))
         a = float(adv[i])
@@ -33,8 +33,8 @@ def test_clipped_surrogate_matches_formula_and_clipfrac():
 def test_dual_clip_bounds_negative_advantages_only():
     logp, old, adv = _data(seed=1)
     old = logp.detach() - 2.0  # large ratios, so -r*A is large for A < 0
-    loss, _ = policy.clipped_surrogate(old - logp, adv, 0.2, 0.2, dual_clip_c=3.0)
-    plain, _ = policy.clipped_surrogate(old - logp, adv, 0.2, 0.2)
+    loss, _ = surrogates.clipped_surrogate(old - logp, adv, 0.2, 0.2, dual_clip_c=3.0)
+    plain, _ = surrogates.clipped_surrogate(old - logp, adv, 0.2, 0.2)
     neg = adv < 0
     assert torch.allclose(loss[neg], torch.minimum(plain[neg], -3.0 * adv[neg]))
     assert torch.equal(loss[~neg], plain[~neg])
@@ -54,16 +54,16 @@ def test_dual_clip_bounds_negative_advantages_only():
 def test_approx_kl(kind, fn):
     logp = torch.tensor([-1.0, -0.5, -3.0, -20.0], dtype=torch.float64)
     ref = torch.tensor([-1.5, -0.5, -0.1, -0.2], dtype=torch.float64)
-    out = policy.approx_kl(logp, ref, kind)
+    out = surrogates.approx_kl(logp, ref, kind)
     for i in range(4):
         assert float(out[i]) == pytest.approx(fn(float(logp[i] - ref[i])), rel=1e-6)
     with pytest.raises(ValueError, match="kl-loss-type"):
-        policy.approx_kl(logp, ref, "k4")
+        surrogates.approx_kl(logp, ref, "k4")
 
 
 def test_cispo_weight_carries_no_gradient():
     logp, old, adv = _data(seed=2)
-    loss, clipfrac = policy.cispo_surrogate(logp, old, adv, 0.2, 0.28)
+    loss, clipfrac = surrogates.cispo_surrogate(logp, old, adv, 0.2, 0.28)
     loss.sum().backward()
     weight = torch.exp(logp.detach() - old).clamp(0.8, 1.28)
     assert torch.allclose(logp.grad, -weight * adv)
@@ -72,7 +72,7 @@ def test_cispo_weight_carries_no_gradient():
 
 def test_gpg():
     logp, _, adv = _data(seed=3)
-    loss, clipfrac = policy.gpg_surrogate(logp, adv)
+    loss, clipfrac = surrogates.gpg_surrogate(logp, adv)
     assert torch.allclose(loss, -adv * logp) and not clipfrac.any()
 
 
@@ -80,7 +80,7 @@ def test_gmpo_clipping_is_pessimistic_for_the_sign_of_a():
     logp = torch.tensor([0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
     old = torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64)  # log ratios +1, -1, +1, -1
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
-    clipped, clipfrac = policy.gmpo_clipped_log_ratio(logp, old, adv, 0.4, 0.4)
+    clipped, clipfrac = surrogates.gmpo_clipped_log_ratio(logp, old, adv, 0.4, 0.4)
     # A > 0: the smaller of x and clamp(x); A < 0: the larger
     assert clipped.tolist() == [0.4, -1.0, 1.0, -0.4]
     assert clipfrac.tolist() == [1.0, 0.0, 0.0, 1.0]
@@ -89,7 +89,7 @@ def test_gmpo_clipping_is_pessimistic_for_the_sign_of_a():
 def test_tis_weights():
     old = torch.tensor([-1.0, -1.0, -1.0])
     rollout = torch.tensor([-1.0, -3.0, 1.0])
-    weights, ratio, clipfrac = policy.tis_weights(old, rollout, 0.5, 2.0)
+    weights, ratio, clipfrac = surrogates.tis_weights(old, rollout, 0.5, 2.0)
     assert torch.allclose(ratio, torch.exp(old - rollout))
     assert weights.tolist() == pytest.approx([1.0, 2.0, 0.5])
     assert clipfrac.tolist() == [0.0, 1.0, 1.0]
@@ -105,7 +105,7 @@ def test_tis_weights():
 def test_advantage_shaping_never_flips_sign(adv, ent, alpha, kappa):
     a = torch.tensor(adv, dtype=torch.float64)
     h = torch.tensor(ent[: len(adv)], dtype=torch.float64)
-    shaped, bonus = policy.shape_advantages(a, h, alpha, kappa)
+    shaped, bonus = surrogates.shape_advantages(a, h, alpha, kappa)
     assert (bonus >= 0).all()
     assert (bonus <= a.abs() / kappa + 1e-12).all()
     assert (torch.sign(shaped) * torch.sign(a) >= 0).all()
@@ -120,7 +120,7 @@ def test_clip_cov_detaches_the_prescribed_number_of_eligible_tokens():
     old = logp.detach().clone()  # ratio 1: nothing PPO-clipped
     adv = torch.randn(n, generator=g, dtype=torch.float64) * 3
     population = torch.rand(n, generator=g) > 0.3
-    loss, clipfrac = policy.clip_cov_surrogate(
+    loss, clipfrac = surrogates.clip_cov_surrogate(
         logp,
         old,
         adv,
@@ -142,7 +142,7 @@ def test_clip_cov_detaches_the_prescribed_number_of_eligible_tokens():
     assert torch.equal(loss[chosen], torch.zeros_like(loss[chosen]))
     assert torch.allclose(loss[~chosen], -adv[~chosen])  # ratio 1
     # same generator seed, same choice (tensor-parallel ranks and recomputation agree)
-    _, again = policy.clip_cov_surrogate(
+    _, again = surrogates.clip_cov_surrogate(
         logp,
         old,
         adv,
@@ -161,7 +161,7 @@ def test_kl_cov_penalises_the_top_covariance_tokens():
     logp, old, adv = _data(n=1000, seed=6)
     population = torch.ones(1000, dtype=torch.bool)
     population[:100] = False
-    loss, clipfrac = policy.kl_cov_surrogate(logp, old, adv, population, ratio=0.01, coef=1.0)
+    loss, clipfrac = surrogates.kl_cov_surrogate(logp, old, adv, population, ratio=0.01, coef=1.0)
     base = -adv * torch.exp(logp - old)
     penalised = (loss - base).abs() > 1e-15
     assert int(penalised.sum()) == 9  # floor(0.01 * 900)

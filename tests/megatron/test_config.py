@@ -86,16 +86,16 @@ def test_architecture_reads_every_family(tmp_path):
 
 
 def test_settings_report_every_problem_at_once(tmp_path):
-    from slime_entropy.megatron.arguments import MegatronSettings
+    from slime_entropy.megatron.config import MegatronConfig
 
     hf = save_tiny_model("qwen3", tmp_path / "hf")
     with pytest.raises(ValueError, match="--hf-checkpoint is required"):
-        MegatronSettings.from_args(make_args([]))
+        MegatronConfig.from_args(make_args([]))
     argv = ["--hf-checkpoint", str(hf), "--sequence-parallel", "--tensor-model-parallel-size", "3",
             "--use-dynamic-batch-size", "--save-interval", "2", "--use-kl-loss", "--lr", "1e-5", "--min-lr", "1e-4",
             "--context-parallel-size", "2", "--optimizer-cpu-offload", "--no-use-distributed-optimizer"]  # fmt: skip
     with pytest.raises(ValueError) as err:
-        MegatronSettings.from_args(make_args(argv), world_size=4)
+        MegatronConfig.from_args(make_args(argv), world_size=4)
     message = str(err.value)
     for fragment in (
         "--sequence-parallel is not available on CPU",
@@ -109,7 +109,7 @@ def test_settings_report_every_problem_at_once(tmp_path):
         "--optimizer-cpu-offload needs the distributed optimizer",
     ):
         assert fragment in message, (fragment, message)
-    settings = MegatronSettings.from_args(make_args(["--hf-checkpoint", str(hf), "--tensor-model-parallel-size", "2"]))
+    settings = MegatronConfig.from_args(make_args(["--hf-checkpoint", str(hf), "--tensor-model-parallel-size", "2"]))
     assert (
         settings.batching.pad_multiple == 256
         and not settings.build.bf16

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import torch
 
 from .. import collectives
-from ..config import LossConfig
+from .config import LossConfig
 from ..ops.logprob_entropy import vocab_parallel_logprob_entropy
 from ..ops.selection import TopFractionSelection, select_top_fraction
 from ..parallel import ParallelGroups
-from . import policy
+from . import surrogates
 from .filter_metrics import population_metrics
-from .layout import ResponseLayout
+from .spans import ResponseSpans
 from .reducer import Reducer, sample_mean_reducer
 
 __all__ = [
@@ -98,7 +98,7 @@ def _cat(parts, name: str, expected: int, device) -> torch.Tensor:
     return flat.to(device)
 
 
-def slime_reducer(layout: ResponseLayout, batch: Mapping, per_token: bool) -> Reducer:
+def slime_reducer(layout: ResponseSpans, batch: Mapping, per_token: bool) -> Reducer:
     """slime's ``sum_of_sample_mean`` for this micro-batch (full-response denominators, or slime HEAD's
     ``rollout_mask_sums`` when the batch carries them)."""
     local_masks = layout.local_masks(batch["loss_masks"])
@@ -145,7 +145,7 @@ def _split_rollouts(batch: Mapping) -> list[int]:
 
 def compute_log_probs_and_entropy(
     config: LossConfig, groups: ParallelGroups, batch: Mapping, logits: torch.Tensor, *, entropy_grad: bool
-) -> tuple[ResponseLayout, torch.Tensor, torch.Tensor]:
+) -> tuple[ResponseSpans, torch.Tensor, torch.Tensor]:
     """Log-probs and entropies of this rank's response tokens from packed vocab-parallel logits ``[1, T, V/TP]``.
 
     Both are of the tempered distribution softmax(logits / temperature). Returns (layout, log_probs [N], entropy
@@ -154,7 +154,7 @@ def compute_log_probs_and_entropy(
     if logits.dim() != 3 or logits.shape[0] != 1:
         raise ValueError(f"expected packed logits of shape [1, T, V/TP], got {tuple(logits.shape)}")
     logits_TV = logits[0]
-    layout = ResponseLayout.build(
+    layout = ResponseSpans.build(
         batch["unconcat_tokens"],
         batch["total_lengths"],
         batch["response_lengths"],
@@ -368,13 +368,13 @@ def _surrogate(
         numerator = _split_sums((old_log_probs - log_probs) * weight_tok, lengths)
         seq_kl = collectives.differentiable_all_reduce_sum(numerator, groups.cp) / full_counts
         ppo_kl = _expand(seq_kl, lengths)
-        pg_tok, clipfrac_tok = policy.clipped_surrogate(
+        pg_tok, clipfrac_tok = surrogates.clipped_surrogate(
             ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c
         )
         return pg_tok, clipfrac_tok, ppo_kl
     ppo_kl = old_log_probs - log_probs
     if pol.mode == "gmpo":
-        log_ratio_tok, clipfrac_tok = policy.gmpo_clipped_log_ratio(
+        log_ratio_tok, clipfrac_tok = surrogates.gmpo_clipped_log_ratio(
             log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high
         )
         sums = torch.stack(
@@ -384,17 +384,17 @@ def _surrogate(
         seq_loss = -(sums[:, 1] / full_counts) * torch.exp(sums[:, 0] / full_counts)
         return _expand(seq_loss, lengths), clipfrac_tok, ppo_kl
     if pol.mode == "ppo":
-        pg_tok, clipfrac_tok = policy.clipped_surrogate(
+        pg_tok, clipfrac_tok = surrogates.clipped_surrogate(
             ppo_kl, advantages, pol.eps_clip, pol.eps_clip_high, pol.dual_clip_c
         )
     elif pol.mode == "gpg":
-        pg_tok, clipfrac_tok = policy.gpg_surrogate(log_probs, advantages)
+        pg_tok, clipfrac_tok = surrogates.gpg_surrogate(log_probs, advantages)
     elif pol.mode == "cispo":
-        pg_tok, clipfrac_tok = policy.cispo_surrogate(
+        pg_tok, clipfrac_tok = surrogates.cispo_surrogate(
             log_probs, old_log_probs, advantages, pol.eps_clip, pol.eps_clip_high
         )
     elif pol.mode == "clip_cov":
-        pg_tok, clipfrac_tok = policy.clip_cov_surrogate(
+        pg_tok, clipfrac_tok = surrogates.clip_cov_surrogate(
             log_probs,
             old_log_probs,
             advantages,
@@ -407,7 +407,7 @@ def _surrogate(
             generator=_clip_cov_generator(batch),
         )
     elif pol.mode == "kl_cov":
-        pg_tok, clipfrac_tok = policy.kl_cov_surrogate(
+        pg_tok, clipfrac_tok = surrogates.kl_cov_surrogate(
             log_probs, old_log_probs, advantages, weight_tok > 0, ratio=pol.kl_cov_ratio, coef=pol.kl_cov_coef
         )
     else:  # config validation makes this unreachable
@@ -492,7 +492,7 @@ def compute_policy_loss(
 
     metrics_extra = dict(tokens.metrics)
     if pol.advantage_alpha > 0:
-        advantages, bonus = policy.shape_advantages(advantages, entropy, pol.advantage_alpha, pol.advantage_kappa)
+        advantages, bonus = surrogates.shape_advantages(advantages, entropy, pol.advantage_alpha, pol.advantage_kappa)
         metrics_extra["entropy_adv_bonus"] = reduce_all(bonus).detach()
 
     pg_tok, clipfrac_tok, ppo_kl = _surrogate(
@@ -515,7 +515,7 @@ def compute_policy_loss(
                 return reduce_all(x if _keep is None else x * _keep)
 
     elif pol.use_tis:
-        tis_w, tis_ratio, tis_clipfrac = policy.tis_weights(
+        tis_w, tis_ratio, tis_clipfrac = surrogates.tis_weights(
             train_log_probs, rollout_log_probs, pol.tis_clip_low, pol.tis_clip
         )
         pg_tok = pg_tok * tis_w
@@ -531,7 +531,7 @@ def compute_policy_loss(
     if pol.use_kl_loss:
         ref_log_probs = _cat(batch["ref_log_probs"], "ref_log_probs", num_local, device)
         ratio = torch.exp(log_probs - old_log_probs) if pol.unbiased_kl else None
-        kl_tok = policy.approx_kl(log_probs, ref_log_probs, pol.kl_estimator, importance_ratio=ratio)
+        kl_tok = surrogates.approx_kl(log_probs, ref_log_probs, pol.kl_estimator, importance_ratio=ratio)
         kl_loss = (pg_reduce if filt.mask_kl_loss else reduce_terms)(kl_tok)
         loss = loss + pol.kl_loss_coef * kl_loss
     if num_local == 0:

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from slime_entropy.problems import Problems
+
 from .arguments import DEFAULT_ENTROPY_PERCENTILE, KL_LOSS_TYPES, POLICY_LOSS_MODES
 
 __all__ = ["EntropyFilterConfig", "PolicyLossConfig", "KernelConfig", "LossConfig"]
@@ -56,20 +58,6 @@ _SLIME_FLAGS = {
 }
 
 
-class _Problems:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def check(self, ok: bool, message: str) -> None:
-        if not ok:
-            self.messages.append(message)
-
-    def raise_if_any(self, what: str) -> None:
-        if self.messages:
-            listing = "\n  - ".join(self.messages)
-            raise ValueError(f"invalid {what}:\n  - {listing}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class EntropyFilterConfig:
     """The high-entropy ('forking') token filter.
@@ -94,7 +82,7 @@ class EntropyFilterConfig:
     selection_method: Literal["radix", "allgather"] = "radix"
 
     def __post_init__(self) -> None:
-        problems = _Problems()
+        problems = Problems()
         problems.check(
             0.0 < self.keep_fraction <= 1.0,
             f"--entropy-percentile must lie in (0, 1] (fraction of tokens kept), got {self.keep_fraction}",
@@ -156,7 +144,7 @@ class PolicyLossConfig:
     advantage_kappa: float = 2.0
 
     def __post_init__(self) -> None:
-        problems = _Problems()
+        problems = Problems()
         problems.check(
             self.mode in POLICY_LOSS_MODES and self.mode != "auto", f"--policy-loss-mode: unknown mode {self.mode!r}"
         )
@@ -211,7 +199,7 @@ class KernelConfig:
     vocab_size: int | None = None  # true vocabulary; Megatron's padded entries beyond it are ignored
 
     def __post_init__(self) -> None:
-        problems = _Problems()
+        problems = Problems()
         problems.check(
             self.backend in ("auto", "eager", "compiled", "triton"), f"--logprob-entropy-backend: {self.backend!r}"
         )
@@ -248,10 +236,10 @@ class LossConfig:
         if missing_slime:
             raise ValueError(
                 f"args lacks slime's loss flags ({', '.join(missing_slime)}). Outside slime, register them with "
-                "slime_entropy.arguments.add_slime_loss_arguments(parser)."
+                "slime_entropy.loss.arguments.add_slime_loss_arguments(parser)."
             )
 
-        problems = _Problems()
+        problems = Problems()
         filter_on = bool(args.high_entropy_token_filter)
         filter_only = {
             "entropy_percentile": args.entropy_percentile is not None,
@@ -392,7 +380,7 @@ def _own_features(args, filter_on: bool, mode: str) -> list[str]:
     return features
 
 
-def _refuse_unfiltered_only(args, features: list[str], problems: _Problems) -> None:
+def _refuse_unfiltered_only(args, features: list[str], problems: Problems) -> None:
     if not features:
         return
     named = ", ".join(features)
@@ -408,7 +396,7 @@ def _given(args, dests, rename=None) -> dict:
     return {rename.get(d, d): getattr(args, d) for d in dests if getattr(args, d) is not None}
 
 
-def _resolve_mode(requested: str, advantage_estimator: str, problems: _Problems) -> str:
+def _resolve_mode(requested: str, advantage_estimator: str, problems: Problems) -> str:
     implied = {"gspo": "gspo", "cispo": "cispo"}.get(advantage_estimator)
     if requested == "auto":
         return implied or "ppo"
@@ -420,7 +408,7 @@ def _resolve_mode(requested: str, advantage_estimator: str, problems: _Problems)
     return requested
 
 
-def _resolve_dual_clip(args, problems: _Problems) -> float | None:
+def _resolve_dual_clip(args, problems: Problems) -> float | None:
     ours = args.dual_clip_c
     # slime HEAD owns --eps-clip-c; when present it means the same thing.
     slimes = getattr(args, "eps_clip_c", None)
