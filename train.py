@@ -41,7 +41,7 @@ def train(config: TrainerConfig) -> None:
         num_rollout = config.run.num_rollout or rollout.num_rollout()
         actors = TrainRankHandles(config, placement, session)  # Megatron ranks = one torch.distributed world
         start = actors.setup(num_total_steps=num_rollout * config.batch.num_steps_per_rollout)  # --load resumes
-        run_dir.check_flags(config.args, resuming=start > 0)
+        run_dir.check_flags(config.slime_args, resuming=start > 0)
         run_dir.record_processes(actors, rollout)
         run_dir.forget_after(start - 1, checkpoints.checkpointed_metrics(start - 1))  # redone work is not kept
         checkpoints.restore(start, rollout, config.batch.rollout_batch_size)

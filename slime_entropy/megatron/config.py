@@ -244,14 +244,17 @@ class MegatronConfig:
         )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, world_size: int | None = None) -> MegatronConfig:
-        """Validate and freeze. ``world_size``: the number of training ranks, to check the layout against."""
+    def from_args(
+        cls, args: argparse.Namespace, world_size: int | None = None, *, on_gpu: bool | None = None
+    ) -> MegatronConfig:
+        """Validate and freeze. ``world_size``: the number of training ranks, to check the layout against;
+        ``on_gpu``: the ranks run on CUDA GPUs (None: whether this machine has one)."""
         if getattr(args, "hf_checkpoint", None) is None:
             raise ValueError("--hf-checkpoint is required: the HF model directory the actor builds its model from")
         arch = HFArchitecture.from_hf_checkpoint(args.hf_checkpoint)
         check_model_args(args, arch, source=f"{args.hf_checkpoint}/config.json")
         problems = Problems()
-        on_gpu = torch.cuda.is_available()
+        on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
         tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
         cp, ep = args.context_parallel_size, args.expert_model_parallel_size
         for flag, value in (
@@ -300,7 +303,8 @@ class MegatronConfig:
         problems.messages += flag_problems(args)
         bf16 = args.bf16
         if bf16 is None:
-            bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
+            # planned from a machine without a GPU: the GPUs of the plan (A100, H100) have bf16
+            bf16 = bool(on_gpu and (torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True))
         build = ModelBuildConfig(
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=pp,

@@ -15,6 +15,7 @@ from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Any
 
+from slime_entropy.problems import Problems
 from slime_entropy.rollout.fr3e_arguments import Fr3eConfig
 
 __all__ = [
@@ -25,20 +26,32 @@ __all__ = [
     "GroupConfig",
     "RolloutConfig",
     "resolve_backend",
+    "sglang_problem",
+    "engine_gpu_count",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_backend(requested: str) -> str:
-    """``auto`` -> ``sglang`` if SGLang is importable and a CUDA GPU is visible, else ``builtin``."""
+def resolve_backend(requested: str, *, on_gpu: bool | None = None, sglang_installed: bool | None = None) -> str:
+    """``auto`` -> ``sglang`` where SGLang is installed and a CUDA GPU is, else ``builtin``. ``on_gpu`` /
+    ``sglang_installed``: facts about the machines the run is planned for (None: this machine's)."""
     if requested != "auto":
         return requested
-    import torch
+    if on_gpu is None:
+        import torch
 
-    if importlib.util.find_spec("sglang") is not None and torch.cuda.is_available():
-        return "sglang"
-    return "builtin"
+        on_gpu = torch.cuda.is_available()
+    if sglang_installed is None:
+        sglang_installed = importlib.util.find_spec("sglang") is not None
+    return "sglang" if on_gpu and sglang_installed else "builtin"
+
+
+def sglang_problem(requested: str) -> str | None:
+    """Why ``--rollout-backend`` cannot be served on this machine (SGLang asked for but not installed), or None."""
+    if requested == "sglang" and importlib.util.find_spec("sglang") is None:
+        return "--rollout-backend sglang: SGLang is not installed here; use auto or builtin on CPU"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -326,110 +339,155 @@ class RolloutConfig:
                 f"{self.sampling.max_response_len}"
             )
 
+    @property
+    def samples_per_prompt(self) -> int:
+        """Samples per prompt in the training batch: the group, plus FR3E's partial rollouts (``--fr3e``)."""
+        return self.fr3e.samples_per_prompt if self.fr3e is not None else self.groups.n_samples_per_prompt
+
     @classmethod
-    def from_args(cls, args: Namespace) -> RolloutConfig:
-        """Build and validate every sub-config; raise one ``ValueError`` listing all problems."""
+    def from_args(
+        cls, args: Namespace, *, backend: str | None = None, engine_gpus: int | None = None
+    ) -> RolloutConfig:
+        """Build and validate every sub-config; raise one ``ValueError`` listing all problems.
+
+        ``backend``: the engine backend as the caller resolved it for the machines it plans for (``--rollout-backend
+        auto`` resolved once, and whether SGLang is installed there checked by the caller); None: resolved here, for
+        this machine (:func:`resolve_backend`, :func:`sglang_problem`). ``engine_gpus``: the GPUs of the engines the
+        caller launches as it resolved them (the trainer's layout: ``--rollout-num-gpus``, or the training GPUs with
+        ``--colocate``); None: :func:`engine_gpu_count` of ``--rollout-num-gpus``.
+        """
         from slime_entropy.rollout.sglang_options import collect_passthrough
 
-        errors: list[str] = []
-
-        def build(factory, **kwargs):
-            try:
-                return factory(**kwargs)
-            except ValueError as e:
-                errors.append(str(e))
-                return None
-
-        backend = resolve_backend(args.rollout_backend)
-        if args.rollout_backend == "sglang" and importlib.util.find_spec("sglang") is None:
-            errors.append("--rollout-backend sglang: SGLang is not installed here; use auto or builtin on CPU")
+        problems = Problems()
+        if backend is None:
+            backend = resolve_backend(args.rollout_backend)
+            problems.extend(filter(None, [sglang_problem(args.rollout_backend)]))
         num_engines = args.rollout_num_engines
         external = tuple(args.rollout_external_engine_addrs or ())
-        if (args.sglang_router_ip is None) != (args.sglang_router_port is None):
-            errors.append("--sglang-router-ip and --sglang-router-port go together; give both or neither")
-        elif args.sglang_router_ip is not None:
-            if external:
-                errors.append("give either --sglang-router-ip/--sglang-router-port or --rollout-external-engine-addrs")
+        problems.check(
+            (args.sglang_router_ip is None) == (args.sglang_router_port is None),
+            "--sglang-router-ip and --sglang-router-port go together; give both or neither",
+        )
+        if args.sglang_router_port is not None and args.sglang_router_ip is not None:
+            problems.check(
+                not external, "give either --sglang-router-ip/--sglang-router-port or --rollout-external-engine-addrs"
+            )
             external = (f"{args.sglang_router_ip}:{args.sglang_router_port}",)
         if backend == "sglang" and not external:
-            if args.rollout_num_gpus is None:
-                errors.append("--rollout-num-gpus is required with the SGLang backend")
-            elif args.rollout_num_gpus % args.rollout_num_gpus_per_engine:
-                errors.append(
-                    f"--rollout-num-gpus {args.rollout_num_gpus} is not a multiple of "
-                    f"--rollout-num-gpus-per-engine {args.rollout_num_gpus_per_engine}"
+            if engine_gpus is None:
+                engine_gpus = problems.collect(
+                    lambda: engine_gpu_count(
+                        rollout_num_gpus=args.rollout_num_gpus, num_gpus_per_engine=args.rollout_num_gpus_per_engine
+                    )
                 )
-            else:
-                num_engines = args.rollout_num_gpus // args.rollout_num_gpus_per_engine
+            if engine_gpus:
+                num_engines = engine_gpus // args.rollout_num_gpus_per_engine
         logger.info("rollout backend: %s (requested %s)", backend, args.rollout_backend)
-        engine = build(
-            EngineConfig,
-            backend=backend,
-            hf_checkpoint=args.hf_checkpoint,
-            num_engines=num_engines,
-            num_gpus_per_engine=args.rollout_num_gpus_per_engine,
-            num_gpus_per_node=args.num_gpus_per_node,
-            external_engine_addrs=external,
-            host=args.rollout_engine_host,
-            server_concurrency=args.sglang_server_concurrency,
-            request_timeout=float(args.sglang_router_request_timeout_secs),
-            health_check_interval=args.rollout_health_check_interval,
-            health_check_timeout=args.rollout_health_check_timeout,
-            startup_timeout=args.rollout_engine_startup_timeout,
-            max_request_retries=args.rollout_max_request_retries,
-            builtin_max_batch_size=args.builtin_engine_max_batch_size,
-            builtin_num_threads=args.builtin_engine_num_threads,
-            seed=args.rollout_seed,
-            seeded_sampling=backend == "builtin",
-            sglang_options=collect_passthrough(args),
+        engine = problems.collect(
+            lambda: EngineConfig(
+                backend=backend,
+                hf_checkpoint=args.hf_checkpoint,
+                num_engines=num_engines,
+                num_gpus_per_engine=args.rollout_num_gpus_per_engine,
+                num_gpus_per_node=args.num_gpus_per_node,
+                external_engine_addrs=external,
+                host=args.rollout_engine_host,
+                server_concurrency=args.sglang_server_concurrency,
+                request_timeout=float(args.sglang_router_request_timeout_secs),
+                health_check_interval=args.rollout_health_check_interval,
+                health_check_timeout=args.rollout_health_check_timeout,
+                startup_timeout=args.rollout_engine_startup_timeout,
+                max_request_retries=args.rollout_max_request_retries,
+                builtin_max_batch_size=args.builtin_engine_max_batch_size,
+                builtin_num_threads=args.builtin_engine_num_threads,
+                seed=args.rollout_seed,
+                seeded_sampling=backend == "builtin",
+                sglang_options=collect_passthrough(args),
+            )
         )
-        if args.rollout_max_response_len is None:
-            errors.append("--rollout-max-response-len is required (max new tokens per response)")
-            sampling = None
-        else:
-            sampling = build(SamplingConfig.from_args, args=args)
-        data = build(
-            DataConfig,
-            prompt_data=args.prompt_data,
-            input_key=args.input_key,
-            label_key=args.label_key,
-            metadata_key=args.metadata_key,
-            apply_chat_template=args.apply_chat_template,
-            apply_chat_template_kwargs=dict(args.apply_chat_template_kwargs),
-            shuffle=args.rollout_shuffle,
-            seed=args.rollout_seed,
-            max_prompt_len=args.rollout_max_prompt_len,
-            num_rollout=args.num_rollout,
-            num_epoch=args.num_epoch,
+        problems.check(
+            args.rollout_max_response_len is not None,
+            "--rollout-max-response-len is required (max new tokens per response)",
         )
-        reward = build(
-            RewardConfig,
-            rm_type=args.rm_type,
-            custom_rm_path=args.custom_rm_path,
-            group_rm=args.group_rm,
-            reward_key=args.reward_key,
-            timeout=args.reward_timeout,
-            num_workers=args.reward_num_workers,
+        sampling = (
+            None if args.rollout_max_response_len is None else problems.collect(lambda: SamplingConfig.from_args(args))
+        )
+        data = problems.collect(
+            lambda: DataConfig(
+                prompt_data=args.prompt_data,
+                input_key=args.input_key,
+                label_key=args.label_key,
+                metadata_key=args.metadata_key,
+                apply_chat_template=args.apply_chat_template,
+                apply_chat_template_kwargs=dict(args.apply_chat_template_kwargs),
+                shuffle=args.rollout_shuffle,
+                seed=args.rollout_seed,
+                max_prompt_len=args.rollout_max_prompt_len,
+                num_rollout=args.num_rollout,
+                num_epoch=args.num_epoch,
+            )
+        )
+        reward = problems.collect(
+            lambda: RewardConfig(
+                rm_type=args.rm_type,
+                custom_rm_path=args.custom_rm_path,
+                group_rm=args.group_rm,
+                reward_key=args.reward_key,
+                timeout=args.reward_timeout,
+                num_workers=args.reward_num_workers,
+            )
         )
         normalization = (
             "none" if not args.rewards_normalization else ("grpo" if args.grpo_std_normalization else "mean")
         )
-        groups = build(
-            GroupConfig,
-            rollout_batch_size=args.rollout_batch_size,
-            n_samples_per_prompt=args.n_samples_per_prompt,
-            normalization=normalization,
-            over_sampling_batch_size=args.over_sampling_batch_size,
-            dynamic_sampling_filter_path=args.dynamic_sampling_filter_path,
-            dynamic_sampling_max_rounds=args.dynamic_sampling_max_rounds,
-            overlong_buffer_len=args.overlong_buffer_len,
-            overlong_penalty_factor=args.overlong_penalty_factor,
-            balance_data=args.balance_data,
+        groups = problems.collect(
+            lambda: GroupConfig(
+                rollout_batch_size=args.rollout_batch_size,
+                n_samples_per_prompt=args.n_samples_per_prompt,
+                normalization=normalization,
+                over_sampling_batch_size=args.over_sampling_batch_size,
+                dynamic_sampling_filter_path=args.dynamic_sampling_filter_path,
+                dynamic_sampling_max_rounds=args.dynamic_sampling_max_rounds,
+                overlong_buffer_len=args.overlong_buffer_len,
+                overlong_penalty_factor=args.overlong_penalty_factor,
+                balance_data=args.balance_data,
+            )
         )
-        fr3e = build(Fr3eConfig.from_args, args=args)
+        fr3e = problems.collect(lambda: Fr3eConfig.from_args(args))
         config = None
-        if not errors:
-            config = build(cls, engine=engine, sampling=sampling, data=data, reward=reward, groups=groups, fr3e=fr3e)
-        if errors:
-            raise ValueError("invalid rollout arguments:\n  - " + "\n  - ".join(errors))
+        if not problems:
+            config = problems.collect(
+                lambda: cls(engine=engine, sampling=sampling, data=data, reward=reward, groups=groups, fr3e=fr3e)
+            )
+        problems.raise_if_any("rollout arguments")
         return config
+
+
+def engine_gpu_count(
+    *, rollout_num_gpus: int | None, num_gpus_per_engine: int, colocated_gpus: int | None = None
+) -> int:
+    """GPUs of the SGLang engines slime_entropy launches: ``--rollout-num-gpus``, or with ``--colocate``
+    (``colocated_gpus``: the training GPUs the engines share) those GPUs; always whole engines of
+    ``--rollout-num-gpus-per-engine`` GPUs. The rollout config and the trainer's layout both ask this function.
+    Raises ``ValueError``, one line per problem, each naming the flag and the fix."""
+    problems = Problems()
+    if colocated_gpus is not None:
+        problems.check(
+            rollout_num_gpus in (None, colocated_gpus),
+            f"--colocate shares the training GPUs with the engines: --rollout-num-gpus {rollout_num_gpus} must equal "
+            f"the {colocated_gpus} training GPUs (or be left out)",
+        )
+        num_gpus = colocated_gpus
+    else:
+        problems.check(
+            bool(rollout_num_gpus),
+            "--rollout-num-gpus is required with the SGLang backend: disaggregated GPU runs need --rollout-num-gpus "
+            "(GPUs for the SGLang engines, beside the training GPUs); or pass --colocate to share the training GPUs",
+        )
+        num_gpus = rollout_num_gpus or 0
+    problems.check(
+        not num_gpus or num_gpus % num_gpus_per_engine == 0,
+        f"--rollout-num-gpus {num_gpus} is not a multiple of --rollout-num-gpus-per-engine {num_gpus_per_engine}",
+    )
+    problems.raise_if_any()
+    return num_gpus

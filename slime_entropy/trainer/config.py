@@ -2,32 +2,40 @@
 
     config = TrainerConfig.from_args(args)   # one ValueError listing every problem of every provider
 
-The checks a launch tool can reuse without building anything are plain functions of numbers:
+:meth:`TrainerConfig.from_args` is the one resolver: it builds the loss (``LossConfig``), rollout
+(``RolloutConfig``), Megatron (``MegatronConfig``) and evaluation (``EvalConfig``) configs and the trainer's own,
+reports every problem at once and never changes the namespace it reads. The driver, the Ray actors and the dry run
+(``slime_entropy.launch.plan``) all work from the result. Its parts are plain functions of numbers:
 
+- :func:`resolve_layout` -> :class:`ClusterLayout`: training ranks per node, colocated vs disaggregated rollout GPUs
+  (:func:`~slime_entropy.rollout.config.engine_gpu_count`), the weight-update transport;
 - :func:`check_batch_arithmetic` -> :class:`BatchPlan`: ``rollout_batch_size x n_samples_per_prompt =
   num_steps_per_rollout x global_batch_size``, each global batch divisible by the data-parallel size, whole groups
   per rank under ``--balance-data``;
-- :func:`resolve_layout` -> :class:`ClusterLayout`: training ranks vs TP x PP x CP (and EP), GPUs per node, colocated
-  vs disaggregated rollout GPUs, the weight-update transport;
 - :func:`check_cluster_resources`: the layout against what a Ray cluster offers;
 - :func:`loop_problems`: the loop's own flags (evaluation flags belong to ``slime_entropy.evaluation``).
 
-Each raises ``ValueError`` whose lines name the flags and the fix. :meth:`TrainerConfig.from_args` runs them together
-with the loss (``LossConfig``), rollout (``RolloutConfig``) and Megatron (``MegatronConfig``) validation and reports
-everything at once.
+Each raises ``ValueError`` (or returns messages) whose lines name the flags and the fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from slime_entropy.evaluation.config import EvalConfig
-from slime_entropy.rollout.fr3e_arguments import samples_per_prompt
+from slime_entropy.problems import Problems
+from slime_entropy.rollout.config import engine_gpu_count, resolve_backend, sglang_problem
+
+if TYPE_CHECKING:  # the configs' modules import torch and megatron-core: imported when a config is built
+    from slime_entropy.loss.config import LossConfig
+    from slime_entropy.megatron.config import MegatronConfig
+    from slime_entropy.rollout.config import RolloutConfig
 
 __all__ = [
     "BatchPlan",
@@ -45,11 +53,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SUPPORTED_ADVANTAGE_ESTIMATORS = ("grpo", "gspo", "cispo")
-
-
-def _raise_if(problems: list[str], what: str) -> None:
-    if problems:
-        raise ValueError(f"invalid {what}:\n  - " + "\n  - ".join(problems))
 
 
 # ----- batch arithmetic -----
@@ -78,7 +81,7 @@ class BatchPlan:
 
 def check_batch_arithmetic(
     *,
-    rollout_batch_size: int | None,
+    rollout_batch_size: int,
     n_samples_per_prompt: int,
     num_steps_per_rollout: int | None,
     global_batch_size: int | None,
@@ -86,55 +89,54 @@ def check_batch_arithmetic(
     balance_data: bool = False,
 ) -> BatchPlan:
     """Resolve and check slime's batch arithmetic (see :class:`BatchPlan`). With neither ``num_steps_per_rollout``
-    nor ``global_batch_size`` a rollout is one optimizer step."""
-    problems: list[str] = []
-    if rollout_batch_size is None or rollout_batch_size < 1:
-        problems.append(
-            f"--rollout-batch-size is required and must be >= 1 (prompts per rollout), got {rollout_batch_size}"
-        )
-    if n_samples_per_prompt < 1:
-        problems.append(f"--n-samples-per-prompt must be >= 1, got {n_samples_per_prompt}")
-    if num_steps_per_rollout is not None and num_steps_per_rollout < 1:
-        problems.append(f"--num-steps-per-rollout must be >= 1, got {num_steps_per_rollout}")
-    if global_batch_size is not None and global_batch_size < 1:
-        problems.append(f"--global-batch-size must be >= 1, got {global_batch_size}")
-    if dp_size < 1:
-        problems.append(f"the data-parallel size must be >= 1, got {dp_size}")
-    _raise_if(problems, "batch sizes")
+    nor ``global_batch_size`` a rollout is one optimizer step.
+
+    Each size on its own is checked where its flag belongs (``--rollout-batch-size`` and ``--n-samples-per-prompt``
+    by the rollout's ``GroupConfig``, ``--global-batch-size`` by Megatron's ``BatchingConfig``); this function checks
+    how they fit together, and ``--num-steps-per-rollout``, the trainer's own."""
+    sizes = (rollout_batch_size, n_samples_per_prompt, dp_size, global_batch_size or 1)
+    if min(sizes) < 1:
+        raise ValueError(f"batch sizes must be >= 1 (checked by their configs first), got {sizes}")
+    problems = Problems()
+    problems.check(
+        num_steps_per_rollout is None or num_steps_per_rollout >= 1,
+        f"--num-steps-per-rollout must be >= 1, got {num_steps_per_rollout}",
+    )
+    problems.raise_if_any("batch sizes")
     total = rollout_batch_size * n_samples_per_prompt
     if num_steps_per_rollout is not None:
-        if total % num_steps_per_rollout:
-            problems.append(
-                f"--rollout-batch-size {rollout_batch_size} x --n-samples-per-prompt {n_samples_per_prompt} = {total} "
-                f"samples do not split into --num-steps-per-rollout {num_steps_per_rollout} equal optimizer steps"
-            )
-        derived = total // num_steps_per_rollout
-        if global_batch_size is not None and global_batch_size * num_steps_per_rollout != total:
-            problems.append(
-                f"--global-batch-size {global_batch_size} contradicts --rollout-batch-size {rollout_batch_size} x "
-                f"--n-samples-per-prompt {n_samples_per_prompt} / --num-steps-per-rollout {num_steps_per_rollout} = "
-                f"{total / num_steps_per_rollout:g}; drop --num-steps-per-rollout (the global batch then sets the "
-                "steps per rollout) or --global-batch-size"
-            )
-        global_batch_size = derived
+        problems.check(
+            total % num_steps_per_rollout == 0,
+            f"--rollout-batch-size {rollout_batch_size} x --n-samples-per-prompt {n_samples_per_prompt} = {total} "
+            f"samples do not split into --num-steps-per-rollout {num_steps_per_rollout} equal optimizer steps",
+        )
+        problems.check(
+            global_batch_size is None or global_batch_size * num_steps_per_rollout == total,
+            f"--global-batch-size {global_batch_size} contradicts --rollout-batch-size {rollout_batch_size} x "
+            f"--n-samples-per-prompt {n_samples_per_prompt} / --num-steps-per-rollout {num_steps_per_rollout} = "
+            f"{total / num_steps_per_rollout:g}; drop --num-steps-per-rollout (the global batch then sets the "
+            "steps per rollout) or --global-batch-size",
+        )
+        global_batch_size = total // num_steps_per_rollout
     elif global_batch_size is None:
         global_batch_size = total
-    elif total % global_batch_size:
-        problems.append(
+    else:
+        problems.check(
+            total % global_batch_size == 0,
             f"a rollout of --rollout-batch-size {rollout_batch_size} x --n-samples-per-prompt {n_samples_per_prompt}"
-            f" = {total} samples is not a whole number of --global-batch-size {global_batch_size} steps"
+            f" = {total} samples is not a whole number of --global-batch-size {global_batch_size} steps",
         )
-    if global_batch_size and global_batch_size % dp_size:
-        problems.append(
-            f"the global batch of {global_batch_size} samples does not divide over the data-parallel size {dp_size} "
-            "(training ranks / (TP x PP x CP)); change --global-batch-size / --num-steps-per-rollout or the layout"
-        )
-    if balance_data and rollout_batch_size % dp_size:
-        problems.append(
-            f"--balance-data gives each of the {dp_size} data-parallel ranks whole prompt groups, but "
-            f"--rollout-batch-size {rollout_batch_size} is not a multiple of {dp_size}"
-        )
-    _raise_if(problems, "batch arithmetic")
+    problems.check(
+        not global_batch_size or global_batch_size % dp_size == 0,
+        f"the global batch of {global_batch_size} samples does not divide over the data-parallel size {dp_size} "
+        "(training ranks / (TP x PP x CP)); change --global-batch-size / --num-steps-per-rollout or the layout",
+    )
+    problems.check(
+        not balance_data or rollout_batch_size % dp_size == 0,
+        f"--balance-data gives each of the {dp_size} data-parallel ranks whole prompt groups, but "
+        f"--rollout-batch-size {rollout_batch_size} is not a multiple of {dp_size}",
+    )
+    problems.raise_if_any("batch arithmetic")
     return BatchPlan(
         rollout_batch_size=rollout_batch_size,
         n_samples_per_prompt=n_samples_per_prompt,
@@ -212,88 +214,77 @@ def resolve_layout(
     distributed_backend: str | None = None,
     update_weight_transport: str = "auto",
 ) -> ClusterLayout:
-    """Resolve defaults and check the training layout against the parallel sizes and the GPUs (see module doc)."""
-    problems: list[str] = []
+    """Resolve defaults and check where the training ranks and the engines go (see module doc). Whether the model
+    splits into the parallel sizes, and the rank count into whole replicas, is Megatron's to check
+    (``MegatronConfig.from_args`` with the layout's ``num_train_ranks``)."""
+    problems = Problems()
     tp, pp, cp, ep = (tensor_model_parallel_size, pipeline_model_parallel_size, context_parallel_size,
                       expert_model_parallel_size)  # fmt: skip
     model_parallel = max(tp, 1) * max(pp, 1) * max(cp, 1)
     if actor_num_gpus_per_node is None:
         actor_num_gpus_per_node = 8 if on_gpu else max(1, model_parallel // max(actor_num_nodes, 1))
-    if actor_num_nodes < 1:
-        problems.append(f"--actor-num-nodes must be >= 1, got {actor_num_nodes}")
-    if actor_num_gpus_per_node < 1:
-        problems.append(f"--actor-num-gpus-per-node must be >= 1, got {actor_num_gpus_per_node}")
+    problems.check(actor_num_nodes >= 1, f"--actor-num-nodes must be >= 1, got {actor_num_nodes}")
+    problems.check(
+        actor_num_gpus_per_node >= 1, f"--actor-num-gpus-per-node must be >= 1, got {actor_num_gpus_per_node}"
+    )
     world = max(actor_num_nodes, 1) * max(actor_num_gpus_per_node, 1)
-    if world % model_parallel:
-        problems.append(
-            f"{world} training ranks (--actor-num-nodes {actor_num_nodes} x --actor-num-gpus-per-node "
-            f"{actor_num_gpus_per_node}) are not a multiple of TP x PP x CP = {tp} x {pp} x {cp}: no whole model "
-            "replicas; change the rank count or the parallel sizes"
-        )
     etp = expert_tensor_parallel_size or tp
-    if ep > 1 and (world // max(pp, 1)) % (ep * etp):
-        problems.append(
-            f"--expert-model-parallel-size {ep} x expert TP {etp} must divide the {world // max(pp, 1)} ranks of a "
-            "pipeline stage"
-        )
+    problems.check(
+        ep <= 1 or (world // max(pp, 1)) % (ep * etp) == 0,
+        f"--expert-model-parallel-size {ep} x expert TP {etp} must divide the {world // max(pp, 1)} ranks of a "
+        "pipeline stage",
+    )
     if distributed_backend is None:
         distributed_backend = "nccl" if on_gpu else "gloo"
-    if distributed_backend == "nccl" and not on_gpu:
-        problems.append("--distributed-backend nccl needs CUDA GPUs; use gloo (the default on CPU machines)")
+    problems.check(
+        distributed_backend != "nccl" or on_gpu,
+        "--distributed-backend nccl needs CUDA GPUs; use gloo (the default on CPU machines)",
+    )
     offload_train = bool(offload or colocate) if offload_train is None else offload_train
     offload_rollout = bool(offload or colocate) if offload_rollout is None else offload_rollout
     sglang_launched = on_gpu and rollout_backend == "sglang" and not external_engines
+    rollout_num_gpus_resolved = 0
     if on_gpu:
-        if actor_num_gpus_per_node > num_gpus_per_node:
-            problems.append(
-                f"--actor-num-gpus-per-node {actor_num_gpus_per_node} exceeds --num-gpus-per-node {num_gpus_per_node}"
-            )
+        problems.check(
+            actor_num_gpus_per_node <= num_gpus_per_node,
+            f"--actor-num-gpus-per-node {actor_num_gpus_per_node} exceeds --num-gpus-per-node {num_gpus_per_node}",
+        )
         if tp > actor_num_gpus_per_node:
             logger.warning("TP %d spans nodes (%d training GPUs per node): expect slow training", tp,
                            actor_num_gpus_per_node)  # fmt: skip
-        if colocate:
-            if rollout_num_gpus is not None and rollout_num_gpus != world:
-                problems.append(
-                    f"--colocate shares the training GPUs with the engines: --rollout-num-gpus {rollout_num_gpus} "
-                    f"must equal the {world} training GPUs (or be left out)"
+        if sglang_launched:
+            rollout_num_gpus_resolved = (
+                problems.collect(
+                    lambda: engine_gpu_count(
+                        rollout_num_gpus=rollout_num_gpus,
+                        num_gpus_per_engine=rollout_num_gpus_per_engine,
+                        colocated_gpus=world if colocate else None,
+                    )
                 )
-            rollout_num_gpus = world if sglang_launched else 0
-        elif sglang_launched:
-            if not rollout_num_gpus:
-                problems.append(
-                    "disaggregated GPU runs need --rollout-num-gpus (GPUs for the SGLang engines, beside the training "
-                    "GPUs); or pass --colocate to share the training GPUs"
-                )
-            rollout_num_gpus = rollout_num_gpus or 0
-        else:
-            rollout_num_gpus = 0
-        if rollout_num_gpus and rollout_num_gpus % rollout_num_gpus_per_engine:
-            problems.append(
-                f"--rollout-num-gpus {rollout_num_gpus} is not a multiple of --rollout-num-gpus-per-engine "
-                f"{rollout_num_gpus_per_engine}"
+                or 0
             )
-        if rollout_num_gpus > num_gpus_per_node:
-            problems.append(
-                f"the engines' {rollout_num_gpus} GPUs exceed one node (--num-gpus-per-node {num_gpus_per_node}): "
-                "slime_entropy launches engines on one node; start the others yourself and pass "
-                "--rollout-external-engine-addrs"
-            )
-    else:
-        rollout_num_gpus = 0
+        problems.check(
+            rollout_num_gpus_resolved <= num_gpus_per_node,
+            f"the engines' {rollout_num_gpus_resolved} GPUs exceed one node (--num-gpus-per-node "
+            f"{num_gpus_per_node}): slime_entropy launches engines on one node; start the others yourself and pass "
+            "--rollout-external-engine-addrs",
+        )
     # weight transport
     can_broadcast = pp == 1 and ep == 1 and not (on_gpu and colocate)
     if update_weight_transport == "auto":
         weight_transport = "broadcast" if (on_gpu and can_broadcast and sglang_launched) else "disk"
     else:
         weight_transport = update_weight_transport
-    if weight_transport == "broadcast" and not can_broadcast:
-        why = (
-            "colocated engines share the training GPUs and NCCL cannot put two ranks on one GPU"
-            if on_gpu and colocate
-            else "with PP or EP > 1 no single rank holds every weight"
-        )
-        problems.append(f"--update-weight-transport broadcast is not available here: {why}; use disk")
-    _raise_if(problems, "cluster layout")
+    why = (
+        "colocated engines share the training GPUs and NCCL cannot put two ranks on one GPU"
+        if on_gpu and colocate
+        else "with PP or EP > 1 no single rank holds every weight"
+    )
+    problems.check(
+        weight_transport != "broadcast" or can_broadcast,
+        f"--update-weight-transport broadcast is not available here: {why}; use disk",
+    )
+    problems.raise_if_any("cluster layout")
     return ClusterLayout(
         on_gpu=on_gpu,
         actor_num_nodes=actor_num_nodes,
@@ -305,7 +296,7 @@ def resolve_layout(
         colocate=colocate,
         offload_train=offload_train,
         offload_rollout=offload_rollout,
-        rollout_num_gpus=rollout_num_gpus,
+        rollout_num_gpus=rollout_num_gpus_resolved,
         rollout_num_gpus_per_engine=rollout_num_gpus_per_engine,
         num_gpus_per_node=num_gpus_per_node,
         backend=distributed_backend,
@@ -315,21 +306,20 @@ def resolve_layout(
 
 def check_cluster_resources(layout: ClusterLayout, resources: dict[str, float]) -> None:
     """Raise when a Ray cluster (``ray.cluster_resources()``) cannot hold the layout; waiting would hang forever."""
-    problems = []
-    if layout.on_gpu and resources.get("GPU", 0) < layout.num_gpus:
-        detail = f"{layout.num_train_ranks} training" + (
-            f" sharing with {layout.rollout_num_gpus} rollout"
-            if layout.colocate
-            else f" + {layout.rollout_num_gpus} rollout"
-        )
-        problems.append(
-            f"the job needs {layout.num_gpus} GPUs ({detail}) but the Ray cluster has {resources.get('GPU', 0):g}; "
-            "start more nodes (ray start --address ...) or shrink --actor-num-nodes/--actor-num-gpus-per-node/"
-            "--rollout-num-gpus"
-        )
-    if resources.get("CPU", 0) <= 0:
-        problems.append("the Ray cluster has no CPUs")
-    _raise_if(problems, "Ray cluster")
+    problems = Problems()
+    detail = f"{layout.num_train_ranks} training" + (
+        f" sharing with {layout.rollout_num_gpus} rollout"
+        if layout.colocate
+        else f" + {layout.rollout_num_gpus} rollout"
+    )
+    problems.check(
+        not layout.on_gpu or resources.get("GPU", 0) >= layout.num_gpus,
+        f"the job needs {layout.num_gpus} GPUs ({detail}) but the Ray cluster has {resources.get('GPU', 0):g}; "
+        "start more nodes (ray start --address ...) or shrink --actor-num-nodes/--actor-num-gpus-per-node/"
+        "--rollout-num-gpus",
+    )
+    problems.check(resources.get("CPU", 0) > 0, "the Ray cluster has no CPUs")
+    problems.raise_if_any("Ray cluster")
 
 
 # ----- run, evaluation, logging -----
@@ -352,22 +342,27 @@ class RunConfig:
     log_level: str = "info"
     update_weight_buffer_size: int = 512 * 1024**2
     distributed_timeout_s: float = 600.0
-    embedded: bool = False
+    default_task: bool = False
+    """The built-in default task (no ``--hf-checkpoint``/``--prompt-data``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
-    """Everything the driver needs, validated; ``args`` is kept for the actors and user hooks (slime's contract)."""
+    """Everything the driver, the training ranks and the rollout worker need, resolved and validated once."""
 
     layout: ClusterLayout
     batch: BatchPlan
     run: RunConfig
     eval: EvalConfig | None  # None without --eval-prompt-data
     wandb: WandbConfig
-    megatron: Any  # MegatronConfig
-    rollout: Any  # RolloutConfig
-    loss: Any  # LossConfig
-    args: argparse.Namespace = field(repr=False)
+    megatron: MegatronConfig
+    rollout: RolloutConfig
+    loss: LossConfig
+    parsed_args: argparse.Namespace = field(repr=False)
+    """The namespace as parsed, unchanged; read only by :attr:`slime_args`."""
+    warnings: tuple[str, ...] = ()
+    """Facts about the machine that resolved the config which a run elsewhere may not share (``check_environment``
+    False: a package or file missing here)."""
 
     @property
     def save_dir(self) -> str | None:
@@ -377,9 +372,35 @@ class TrainerConfig:
     def load_dir(self) -> str | None:
         return self.megatron.checkpoint.load
 
+    @property
+    def slime_args(self) -> argparse.Namespace:
+        """The flags as slime's ``args`` holds them once slime has resolved them (``--global-batch-size``,
+        ``--rollout-backend`` and the ``--ckpt-step`` resumed from filled in), as a fresh copy.
+
+        Recorded in ``args.json`` and W&B, and handed to user hooks (custom reward, filter and generate functions
+        receive ``args``: slime's contract). Our own code reads the typed configs above, never this namespace."""
+        args = argparse.Namespace(**vars(self.parsed_args))
+        args.global_batch_size = self.batch.global_batch_size
+        args.rollout_backend = self.rollout.engine.backend
+        args.ckpt_step = self.megatron.checkpoint.ckpt_step
+        return args
+
+    def resuming_from(self, ckpt_step: int | str) -> TrainerConfig:
+        """This config with ``--ckpt-step`` set to the checkpoint the training ranks load."""
+        checkpoint = replace(self.megatron.checkpoint, ckpt_step=ckpt_step)
+        return replace(self, megatron=replace(self.megatron, checkpoint=checkpoint))
+
     @classmethod
-    def from_args(cls, args: argparse.Namespace, *, on_gpu: bool | None = None) -> TrainerConfig:
-        """Validate every provider's flags and the trainer's; raise one ``ValueError`` listing all problems."""
+    def from_args(
+        cls, args: argparse.Namespace, *, on_gpu: bool | None = None, check_environment: bool = True
+    ) -> TrainerConfig:
+        """Resolve and validate every provider's flags and the trainer's; raise one ``ValueError`` listing all
+        problems. ``args`` is not modified.
+
+        ``on_gpu``: plan for CUDA GPUs (None: whether this machine has one). ``check_environment`` False: the config
+        is for other machines (``train.py --dry-run``), so what only this machine lacks (SGLang, torch_memory_saver,
+        wandb) goes to :attr:`warnings` instead of stopping it, and ``--rollout-backend auto`` with GPUs means SGLang.
+        """
         import torch
 
         from slime_entropy.loss.config import LossConfig
@@ -387,19 +408,16 @@ class TrainerConfig:
         from slime_entropy.rollout.config import RolloutConfig
 
         on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
-        problems: list[str] = []
+        problems = Problems()
+        environment = Problems()  # what this machine lacks: problems here, warnings when planning for others
         _demote_config_dumps()
-
-        def attempt(build):
-            try:
-                return build()
-            except ValueError as e:
-                problems.append(str(e))
-                return None
-
-        loss = attempt(lambda: LossConfig.from_args(args))
-        rollout = attempt(lambda: RolloutConfig.from_args(args))
-        layout = attempt(
+        loss = problems.collect(lambda: LossConfig.from_args(args))
+        # decided once, here: the rollout worker may not see the GPUs the way the driver does
+        backend = resolve_backend(
+            args.rollout_backend, on_gpu=on_gpu, sglang_installed=None if check_environment else True
+        )
+        environment.extend(filter(None, [sglang_problem(args.rollout_backend)]))
+        layout = problems.collect(
             lambda: resolve_layout(
                 on_gpu=on_gpu,
                 actor_num_nodes=args.actor_num_nodes,
@@ -416,43 +434,49 @@ class TrainerConfig:
                 rollout_num_gpus=args.rollout_num_gpus,
                 rollout_num_gpus_per_engine=args.rollout_num_gpus_per_engine,
                 num_gpus_per_node=args.num_gpus_per_node,
-                rollout_backend=rollout.engine.backend if rollout else "builtin",
-                external_engines=bool(rollout and rollout.engine.external_engine_addrs),
+                rollout_backend=backend,
+                external_engines=bool(args.rollout_external_engine_addrs or args.sglang_router_ip),
                 distributed_backend=args.distributed_backend,
                 update_weight_transport=args.update_weight_transport,
             )
         )
-        megatron = attempt(
-            lambda: MegatronConfig.from_args(args, world_size=layout.num_train_ranks if layout else None)
+        # the layout resolved the engines' GPUs (or said why it could not: one engine then stands in)
+        engine_gpus = (layout.rollout_num_gpus or None) if layout is not None else args.rollout_num_gpus_per_engine
+        rollout = problems.collect(lambda: RolloutConfig.from_args(args, backend=backend, engine_gpus=engine_gpus))
+        megatron = problems.collect(
+            lambda: MegatronConfig.from_args(
+                args, world_size=layout.num_train_ranks if layout else None, on_gpu=on_gpu
+            )
         )
         batch = None
-        if layout is not None and args.rollout_batch_size is not None:  # RolloutConfig reports a missing one
-            batch = attempt(
+        if layout is not None and rollout is not None and megatron is not None:  # each checked its own sizes
+            batch = problems.collect(
                 lambda: check_batch_arithmetic(
-                    rollout_batch_size=args.rollout_batch_size,
-                    n_samples_per_prompt=samples_per_prompt(args),  # with --fr3e: + its partial rollouts
+                    rollout_batch_size=rollout.groups.rollout_batch_size,
+                    n_samples_per_prompt=rollout.samples_per_prompt,  # with --fr3e: + its partial rollouts
                     num_steps_per_rollout=args.num_steps_per_rollout,
-                    global_batch_size=args.global_batch_size,
+                    global_batch_size=megatron.batching.global_batch_size,
                     dp_size=layout.dp_size,
-                    balance_data=args.balance_data,
+                    balance_data=rollout.groups.balance_data,
                 )
             )
-        problems += loop_problems(args)
+        problems.extend(loop_problems(args))
         if layout is not None and layout.on_gpu and layout.offload_train:
-            import importlib.util
-
-            if importlib.util.find_spec("torch_memory_saver") is None:
-                problems.append(
-                    "--offload-train (implied by --colocate) needs torch_memory_saver on the GPU nodes "
-                    "(pip install torch_memory_saver), or pass --no-offload-train if both fit in GPU memory"
-                )
-        evaluation = attempt(lambda: EvalConfig.from_args(args, training=True))
-        if problems:
-            raise ValueError("\n".join(problems))
-        if args.global_batch_size is None:
-            args.global_batch_size = batch.global_batch_size  # the actor reads it from args (slime does the same)
-        # decided once, here: the rollout worker may not see the GPUs the way the driver does
-        args.rollout_backend = rollout.engine.backend
+            environment.check(
+                importlib.util.find_spec("torch_memory_saver") is not None,
+                "--offload-train (implied by --colocate) needs torch_memory_saver on the GPU nodes "
+                "(pip install torch_memory_saver), or pass --no-offload-train if both fit in GPU memory",
+            )
+        if args.use_wandb:
+            environment.check(
+                importlib.util.find_spec("wandb") is not None,
+                "--use-wandb needs the wandb package (pip install wandb)",
+            )
+        evaluation = problems.collect(lambda: EvalConfig.from_args(args, training=True))
+        if check_environment:
+            problems.extend(environment.messages)
+        problems.raise_if_any()
+        megatron = replace(megatron, batching=replace(megatron.batching, global_batch_size=batch.global_batch_size))
         run = RunConfig(
             run_dir=Path(args.run_dir or args.save or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"),
             save_rollouts=args.save_rollouts,
@@ -461,7 +485,7 @@ class TrainerConfig:
             log_level=args.log_level,
             update_weight_buffer_size=args.update_weight_buffer_size,
             distributed_timeout_s=60.0 * args.distributed_timeout_minutes,
-            embedded=bool(getattr(args, "embedded", False)),
+            default_task=bool(getattr(args, "embedded", False)),
         )
         wandb = WandbConfig(
             enabled=args.use_wandb,
@@ -472,7 +496,7 @@ class TrainerConfig:
         )
         return cls(
             layout=layout, batch=batch, run=run, eval=evaluation, wandb=wandb, megatron=megatron, rollout=rollout,
-            loss=loss, args=args,
+            loss=loss, parsed_args=args, warnings=() if check_environment else tuple(environment.messages),
         )  # fmt: skip
 
 
@@ -498,44 +522,45 @@ def _demote_config_dumps() -> None:
 
 def loop_problems(args: argparse.Namespace) -> list[str]:
     """Problems of the rollout-train loop's own flags (estimator, reward KL, timeouts, logging, default task)."""
-    problems = []
-    if args.advantage_estimator not in SUPPORTED_ADVANTAGE_ESTIMATORS:
-        problems.append(
-            f"--advantage-estimator {args.advantage_estimator} is not supported by slime_entropy's trainer (it needs "
-            f"token-level returns); use one of {', '.join(SUPPORTED_ADVANTAGE_ESTIMATORS)}"
-        )
-    if args.kl_coef:
-        problems.append(
-            f"--kl-coef {args.kl_coef}: the reward-side KL penalty is not implemented; use the KL loss "
-            "(--use-kl-loss --kl-loss-coef C --ref-load DIR)"
-        )
+    problems = Problems()
+    problems.check(
+        args.advantage_estimator in SUPPORTED_ADVANTAGE_ESTIMATORS,
+        f"--advantage-estimator {args.advantage_estimator} is not supported by slime_entropy's trainer (it needs "
+        f"token-level returns); use one of {', '.join(SUPPORTED_ADVANTAGE_ESTIMATORS)}",
+    )
+    problems.check(
+        not args.kl_coef,
+        f"--kl-coef {args.kl_coef}: the reward-side KL penalty is not implemented; use the KL loss "
+        "(--use-kl-loss --kl-loss-coef C --ref-load DIR)",
+    )
     given = getattr(args, "given_flags", frozenset())
     for dest in ("kl_loss_type", "kl_loss_coef"):
-        if dest in given and not args.use_kl_loss:
-            flag = "--" + dest.replace("_", "-")
-            problems.append(
-                f"{flag} has no effect without --use-kl-loss: add --use-kl-loss (and --ref-load) or drop it"
-            )
-    if args.distributed_timeout_minutes < 1:
-        problems.append(f"--distributed-timeout-minutes must be >= 1, got {args.distributed_timeout_minutes}")
-    if args.plot_interval < 0:
-        problems.append(f"--plot-interval must be >= 0 (0: plots only at the end), got {args.plot_interval}")
-    if args.update_weight_buffer_size < 1:
-        problems.append(f"--update-weight-buffer-size must be >= 1 byte, got {args.update_weight_buffer_size}")
-    if not getattr(args, "embedded", False):
-        for flag, value in (("--embedded-sft-steps", args.embedded_sft_steps),
-                            ("--embedded-cache-dir", args.embedded_cache_dir)):  # fmt: skip
-            if value is not None:
-                problems.append(
-                    f"{flag} only applies to the built-in default task (no --hf-checkpoint/--prompt-data); drop it"
-                )
-    elif args.embedded_sft_steps is not None and args.embedded_sft_steps < 1:
-        problems.append(f"--embedded-sft-steps must be >= 1, got {args.embedded_sft_steps}")
-    if args.wandb_mode != "auto" and not args.use_wandb:
-        problems.append("--wandb-mode has no effect without --use-wandb")
-    if args.use_wandb:
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
-            problems.append("--use-wandb needs the wandb package (pip install wandb)")
-    return problems
+        problems.check(
+            dest not in given or args.use_kl_loss,
+            f"--{dest.replace('_', '-')} has no effect without --use-kl-loss: add --use-kl-loss (and --ref-load) or "
+            "drop it",
+        )
+    problems.check(
+        args.distributed_timeout_minutes >= 1,
+        f"--distributed-timeout-minutes must be >= 1, got {args.distributed_timeout_minutes}",
+    )
+    problems.check(
+        args.plot_interval >= 0, f"--plot-interval must be >= 0 (0: plots only at the end), got {args.plot_interval}"
+    )
+    problems.check(
+        args.update_weight_buffer_size >= 1,
+        f"--update-weight-buffer-size must be >= 1 byte, got {args.update_weight_buffer_size}",
+    )
+    default_task = bool(getattr(args, "embedded", False))
+    for flag, value in (("--embedded-sft-steps", args.embedded_sft_steps),
+                        ("--embedded-cache-dir", args.embedded_cache_dir)):  # fmt: skip
+        problems.check(
+            default_task or value is None,
+            f"{flag} only applies to the built-in default task (no --hf-checkpoint/--prompt-data); drop it",
+        )
+    problems.check(
+        args.embedded_sft_steps is None or args.embedded_sft_steps >= 1 or not default_task,
+        f"--embedded-sft-steps must be >= 1, got {args.embedded_sft_steps}",
+    )
+    problems.check(args.wandb_mode == "auto" or args.use_wandb, "--wandb-mode has no effect without --use-wandb")
+    return problems.messages

@@ -1,4 +1,5 @@
-"""Driver-side handles of the Ray actors: the training ranks as one group, the rollout worker, and waiting on them.
+"""Driver-side handles of the Ray actors: the training ranks (one torch.distributed world), the rollout worker, and
+waiting on them.
 
 Every call the driver makes fans out to actors and waits with :func:`wait_all`, which never hangs: it returns as soon
 as all answers are in, raises ``TrainerFailure`` naming the actor the moment one dies or raises (its peers may then be
@@ -169,7 +170,7 @@ class TrainRankHandles:
         ]
         refs = [
             actor.setup.remote(
-                self.config.args,
+                self.config.slime_args,  # TrainRank.setup still builds its Megatron and loss configs from these
                 master_addr=master_addr,
                 master_port=master_port,
                 num_total_steps=num_total_steps,
@@ -311,7 +312,8 @@ class RolloutWorkerHandle:
                 max_concurrency=4,  # weight buckets are posted while another call may be waiting
             )
             .remote(
-                config.args,
+                config.rollout,
+                config.slime_args,  # for user hooks only
                 str(config.run.run_dir / "engines"),
                 [s.gpu_id for s in placement.rollout_gpus],
                 config.run.log_level,

@@ -27,8 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from slime_entropy.megatron.config import CheckpointConfig
+    from slime_entropy.trainer.config import TrainerConfig
 
 __all__ = ["MAX_CHECKED_ROWS", "ResumePlan", "resume_plan", "check_inputs", "preflight", "dry_run_findings"]
 
@@ -74,15 +79,15 @@ def _complete_steps(load: str, below: int | None = None) -> list[int]:
     return [s for s in steps if _checkpoint_problem(load, s) is None]
 
 
-def resume_plan(args: argparse.Namespace) -> ResumePlan:
-    """Where this command resumes (see the module doc). Reads sizes and small JSON files only."""
+def resume_plan(checkpoint: CheckpointConfig) -> ResumePlan:
+    """Where a run with these checkpoint flags resumes (see the module doc). Reads sizes and small JSON files only."""
     from slime_entropy.megatron.checkpoint import CheckpointError, read_tracker
 
     plan = ResumePlan()
-    load = getattr(args, "load", None)
-    if load is None or getattr(args, "finetune", False):
+    load = checkpoint.load
+    if load is None or checkpoint.finetune:
         return plan
-    step = args.ckpt_step
+    step = checkpoint.ckpt_step
     if step is not None:
         problem = _checkpoint_problem(load, step)
         if problem is not None:
@@ -120,13 +125,15 @@ def resume_plan(args: argparse.Namespace) -> ResumePlan:
     plan.step = step
     plan.start = 0 if step == "release" else int(step) + 1
     if plan.start:
-        plan.notes.append(f"resume: starting at rollout {plan.start}, after the checkpoint of rollout {plan.start - 1} "
-                          f"in {load}")  # fmt: skip
+        plan.notes.append(
+            f"resume: starting at rollout {plan.start}, after the checkpoint of rollout {plan.start - 1} in {load}"
+        )
     return plan
 
 
-def _run_dir_problems(args: argparse.Namespace, run_dir: Path, start: int) -> list[str]:
-    """The run directory against this command: the same checkpoints and, when resuming, the same training flags."""
+def _run_dir_problems(flags: argparse.Namespace, load: str | None, run_dir: Path, start: int) -> list[str]:
+    """The run directory against this command (``flags`` as ``args.json`` records them, ``--load``): the same
+    checkpoints and, when resuming, the same training flags."""
     from slime_entropy.megatron.checkpoint import read_tracker
     from slime_entropy.trainer.resume import RunDirectory
 
@@ -139,7 +146,7 @@ def _run_dir_problems(args: argparse.Namespace, run_dir: Path, start: int) -> li
         return [f"{recorded} is damaged (not valid JSON); remove it, or use another --run-dir"]
     problems = []
     saved_to = previous.get("save")
-    if saved_to and Path(saved_to).resolve() != Path(args.load or "").resolve():
+    if saved_to and Path(saved_to).resolve() != Path(load or "").resolve():
         try:
             iteration = read_tracker(saved_to)
         except ValueError:
@@ -147,12 +154,12 @@ def _run_dir_problems(args: argparse.Namespace, run_dir: Path, start: int) -> li
         if iteration is not None:
             problems.append(
                 f"--run-dir {run_dir} belongs to a run that saved its checkpoints to {saved_to} (up to step "
-                f"{iteration}), but this command resumes from {args.load or 'no checkpoint (no --load/--save)'}: it "
+                f"{iteration}), but this command resumes from {load or 'no checkpoint (no --load/--save)'}: it "
                 f"would start over and drop that run's metrics. Pass --save {saved_to} (or --load {saved_to}) to "
                 "resume it, or another --run-dir for a new run"
             )
     if start > 0:
-        problems += RunDirectory.flag_differences(recorded, args)
+        problems += RunDirectory.flag_differences(recorded, flags)
     return problems
 
 
@@ -176,7 +183,7 @@ def _check_data(path: str, what: str, *, input_key, label_key, metadata_key, tok
     logger.debug("checked %s %s", what, path)
 
 
-def check_inputs(config) -> list[str]:
+def check_inputs(config: TrainerConfig) -> list[str]:
     """Problems of the model directory, tokenizer, chat template and data files (see the module doc)."""
     problems: list[str] = []
     model = Path(config.rollout.engine.hf_checkpoint)
@@ -214,17 +221,15 @@ def check_inputs(config) -> list[str]:
     return problems
 
 
-def preflight(config):
+def preflight(config: TrainerConfig) -> TrainerConfig:
     """Check everything (module doc) and return the config to run: with a damaged newest checkpoint passed over,
     ``--ckpt-step`` set to the one resumed from. Raises one ``ValueError`` listing every problem."""
-    plan = resume_plan(config.args)
+    plan = resume_plan(config.megatron.checkpoint)
     problems = list(plan.problems)
     if plan.fallback:
-        config.args.ckpt_step = plan.step  # what the training ranks load
-        checkpoint = replace(config.megatron.checkpoint, ckpt_step=plan.step)
-        config = replace(config, megatron=replace(config.megatron, checkpoint=checkpoint))
+        config = config.resuming_from(plan.step)  # what the training ranks load
     if not plan.problems:
-        problems += _run_dir_problems(config.args, config.run.run_dir, plan.start)
+        problems += _run_dir_problems(config.slime_args, config.load_dir, config.run.run_dir, plan.start)
     problems += check_inputs(config)
     if problems:
         raise ValueError("\n".join(problems))
@@ -233,14 +238,19 @@ def preflight(config):
     return config
 
 
-def dry_run_findings(args: argparse.Namespace) -> list[str]:
+def dry_run_findings(args: argparse.Namespace, config: TrainerConfig | None = None) -> list[str]:
     """What a real start of this command would say about resuming: its notes, and its problems as warnings (the
-    dry run reads no data and starts nothing)."""
-    plan = resume_plan(args)
+    dry run reads no data and starts nothing). ``config``: the dry run's resolved config (None: it did not resolve;
+    the flags as given are compared with a recorded run's)."""
+    from slime_entropy.megatron.config import CheckpointConfig
+
+    checkpoint = config.megatron.checkpoint if config is not None else CheckpointConfig.from_args(args)
+    plan = resume_plan(checkpoint)
     findings = list(plan.notes)
     problems = list(plan.problems)
     run_dir = args.run_dir or args.save
     if run_dir is not None and not plan.problems:
-        problems += _run_dir_problems(args, Path(run_dir), plan.start)
+        flags = config.slime_args if config is not None else args
+        problems += _run_dir_problems(flags, checkpoint.load, Path(run_dir), plan.start)
     findings += [f"warning: a real start would stop here: {p}" for p in problems]
     return findings

@@ -24,8 +24,12 @@ import socket
 import time
 from dataclasses import replace
 from datetime import timedelta
+from argparse import Namespace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slime_entropy.rollout.config import RolloutConfig
 
 __all__ = [
     "TrainRank",
@@ -304,12 +308,22 @@ class TrainRank:
 class RolloutWorker:
     """The rollout side in one actor (see module doc)."""
 
-    def __init__(self, args, run_dir: str, gpu_ids: list[int], log_level: str = "info", memory_saver: bool = False):
-        """``gpu_ids``: the engines' physical GPUs on this node; ``memory_saver``: launch SGLang with
-        ``--enable-memory-saver`` (needed to release its memory when colocated, as slime does). Nothing starts before
-        :meth:`start`."""
+    def __init__(
+        self,
+        config: RolloutConfig,
+        hook_args: Namespace,
+        run_dir: str,
+        gpu_ids: list[int],
+        log_level: str = "info",
+        memory_saver: bool = False,
+    ):
+        """``config``: the driver's resolved rollout config. ``hook_args``: slime's ``args``, handed to user hooks
+        only (custom reward / filter functions receive it: slime's contract); never read by our code. ``gpu_ids``:
+        the engines' physical GPUs on this node; ``memory_saver``: launch SGLang with ``--enable-memory-saver``
+        (needed to release its memory when colocated, as slime does). Nothing starts before :meth:`start`."""
         configure_actor_logging(log_level)
-        self.args, self._run_dir, self._gpu_ids, self._memory_saver = args, run_dir, gpu_ids, memory_saver
+        self._config, self._hook_args, self._run_dir = config, hook_args, run_dir
+        self._gpu_ids, self._memory_saver = gpu_ids, memory_saver
         self.manager = None
         self._evaluator = None  # built on the first evaluation
         self._base_result = None  # the last base rollout, kept for FR3E's exploration
@@ -317,14 +331,12 @@ class RolloutWorker:
 
     def start(self) -> int:
         """Load the data, start the engines and the graders; returns this process's id."""
-        from slime_entropy.rollout.config import RolloutConfig
         from slime_entropy.rollout.engine_sglang import engines_on_gpus
         from slime_entropy.rollout.manager import RolloutManager
 
-        args, gpu_ids, memory_saver = self.args, self._gpu_ids, self._memory_saver
-        config = RolloutConfig.from_args(args)
-        config = replace(config, engine=engines_on_gpus(config.engine, gpu_ids, memory_saver=memory_saver))
-        self.manager = RolloutManager(config, hook_args=args, run_dir=Path(self._run_dir), progress=False)
+        engine = engines_on_gpus(self._config.engine, self._gpu_ids, memory_saver=self._memory_saver)
+        config = replace(self._config, engine=engine)
+        self.manager = RolloutManager(config, hook_args=self._hook_args, run_dir=Path(self._run_dir), progress=False)
         return os.getpid()
 
     def pid(self) -> int:

@@ -152,4 +152,4 @@ class RunReport:
 
 
 def _flat_config(config: TrainerConfig) -> dict:
-    return {k: v for k, v in vars(config.args).items() if isinstance(v, str | int | float | bool | type(None))}
+    return {k: v for k, v in vars(config.slime_args).items() if isinstance(v, str | int | float | bool | type(None))}

@@ -135,8 +135,6 @@ def test_cpu_layouts():
         on_gpu=False, actor_num_nodes=2, actor_num_gpus_per_node=1, update_weight_transport="broadcast"
     )
     assert (layout.dp_size, layout.weight_transport, layout.num_gpus) == (2, "broadcast", 0)
-    with pytest.raises(ValueError, match=r"3 training ranks .* not a multiple of TP x PP x CP = 2 x 1 x 1"):
-        resolve_layout(on_gpu=False, actor_num_nodes=1, actor_num_gpus_per_node=3, tensor_model_parallel_size=2)
     with pytest.raises(ValueError, match="nccl needs CUDA GPUs"):
         resolve_layout(on_gpu=False, actor_num_nodes=1, actor_num_gpus_per_node=1, distributed_backend="nccl")
     with pytest.raises(ValueError, match="no single rank holds every weight"):
@@ -198,12 +196,41 @@ def test_trainer_config_reports_every_provider_at_once(model_dir, prompts):
         assert expected in text, (expected, text)
 
 
-def test_trainer_config_resolves_a_valid_run(model_dir, prompts, tmp_path):
+def test_trainer_config_resolves_a_valid_run_and_leaves_the_flags_alone(model_dir, prompts, tmp_path):
     args = parse_args(_base(model_dir, prompts, "--num-steps-per-rollout", "2", "--run-dir", str(tmp_path)))
+    parsed = vars(args).copy()
     config = TrainerConfig.from_args(args, on_gpu=False)
-    assert config.batch.global_batch_size == 4 and args.global_batch_size == 4  # handed to the actor through args
+    assert vars(args) == parsed  # the one resolver reads the namespace, never writes it
+    assert config.batch.global_batch_size == 4 and config.megatron.batching.global_batch_size == 4
     assert config.layout.num_train_ranks == 1 and config.run.run_dir == tmp_path
     assert config.eval is None and config.rollout.engine.backend == "builtin"
+    # what args.json records and user hooks receive: slime's args, with what slime resolves filled in, as a copy
+    slime_args = config.slime_args
+    assert (slime_args.global_batch_size, slime_args.rollout_backend, args.global_batch_size) == (4, "builtin", None)
+    slime_args.lr = 0.5
+    assert config.slime_args.lr == args.lr != 0.5
+    resumed = config.resuming_from(3)
+    assert resumed.megatron.checkpoint.ckpt_step == resumed.slime_args.ckpt_step == 3
+    assert config.megatron.checkpoint.ckpt_step is None and args.ckpt_step is None
+
+
+def test_model_and_rank_count_rules_are_reported_once(model_dir, prompts):
+    """Whether the ranks form whole replicas is Megatron's rule (MegatronConfig, given the layout's rank count);
+    the engines' GPU count is the rollout's (engine_gpu_count, asked by the layout): each problem appears once."""
+    args = parse_args(_base(model_dir, prompts, "--actor-num-gpus-per-node", "3", "--tensor-model-parallel-size", "2"))
+    with pytest.raises(ValueError) as info:
+        TrainerConfig.from_args(args, on_gpu=False)
+    assert str(info.value).count("3 training ranks are not a multiple of TP x PP x CP") == 1, info.value
+    args = parse_args(_base(model_dir, prompts, "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1"))
+    with pytest.raises(ValueError) as info:
+        TrainerConfig.from_args(args, on_gpu=True, check_environment=False)  # planned for GPUs from here
+    text = str(info.value)
+    assert text.count("--rollout-num-gpus is required") == 1, text
+    args = parse_args(_base(model_dir, prompts, "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "2",
+                            "--colocate", "--no-offload-train"))  # fmt: skip
+    config = TrainerConfig.from_args(args, on_gpu=True, check_environment=False)
+    # --colocate: the engines take the training GPUs (slime's rule), without --rollout-num-gpus
+    assert (config.layout.rollout_num_gpus, config.rollout.engine.num_engines) == (2, 2)
 
 
 # ----- placement arithmetic -----
