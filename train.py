@@ -95,20 +95,22 @@ def main(argv: list[str] | None = None) -> int:
             from slime_entropy.trainer.default_task import planning_assets
             from slime_entropy.trainer.preflight import dry_run_findings
 
+            plan = None
             try:
-                with planning_assets(args):  # the default task's model before its first (warm-up) run
-                    print(plan_from_args(args).render())
+                with planning_assets(args) as planned:  # the default task's model before its first (warm-up) run
+                    plan = plan_from_args(planned)
+                print(plan.render())
             except ValueError as e:
                 print(f"train.py --dry-run: {e}", file=sys.stderr)
                 return 2
-            finally:
-                for finding in dry_run_findings(args):  # where the run would resume, and what would stop it
+            finally:  # where the run would resume, and what would stop it
+                for finding in dry_run_findings(args, plan.config if plan is not None else None):
                     print(finding)
             return 0
         if args.embedded:
-            from slime_entropy.trainer.default_task import prepare_embedded
+            from slime_entropy.trainer.default_task import prepare_default_task
 
-            prepare_embedded(args)  # the default task's tiny model gets its warm-up once, then it is cached
+            prepare_default_task(args)  # the default task's tiny model gets its warm-up once, then it is cached
         try:
             config = TrainerConfig.from_args(args)
             config = preflight(config)  # data, model, checkpoint: before Ray or any process starts

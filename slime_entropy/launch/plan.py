@@ -5,20 +5,19 @@
 
 :func:`plan_from_args` takes train.py's parsed namespace and
 
-1. reads the HF ``config.json`` (``--hf-checkpoint``) and checks the MODEL_ARGS flags against it
-   (:func:`~slime_entropy.megatron.architecture.check_model_args`);
-2. builds the loss and rollout configs (``LossConfig.from_args``, ``RolloutConfig.from_args``), checks the Megatron
-   optimizer / batching / checkpoint flags and the trainer's loop and evaluation flags;
-3. resolves the cluster layout and the batch arithmetic with the trainer's own functions
-   (``slime_entropy.trainer.config.resolve_layout`` / ``check_batch_arithmetic``) and adds the checks that need the
-   architecture or the token budget (:mod:`slime_entropy.launch.checks`);
-4. estimates the memory per GPU of training and of the rollout engines, phase by phase when they share the GPUs
+1. resolves it with the trainer's own resolver, ``TrainerConfig.from_args(args, on_gpu=<target>,
+   check_environment=False)`` (:mod:`slime_entropy.trainer.config`): the loss, rollout, Megatron (the HF
+   ``config.json`` against MODEL_ARGS and the parallel sizes), evaluation and loop configs, the cluster layout and the
+   batch arithmetic; a real start runs the same checks, so the dry run gives the same answers;
+2. adds the checks that need the architecture or the token budget (:mod:`slime_entropy.launch.checks`) and the
+   schedule (``--num-epoch`` over the prompt file, when it is readable here);
+3. estimates the memory per GPU of training and of the rollout engines, phase by phase when they share the GPUs
    (:mod:`slime_entropy.launch.memory`, where the formulas and assumptions are written down).
 
-Every problem of steps 1-3 is reported in one ``ValueError`` (one line each, naming the flags). Memory over the
+Every problem of a step is reported in one ``ValueError`` (one line each, naming the flags). Memory over the
 GPU's capacity is not an error (the estimate has a margin of error) but a warning in the plan, and
 :attr:`Plan.fits` is False. Facts about the machine running the dry run are not held against the plan: missing
-data or evaluation files, torch_memory_saver or wandb not installed there are warnings.
+data files, SGLang, torch_memory_saver or wandb not installed there are warnings.
 
 Target. The plan is for CUDA GPUs with bf16 (``--no-bf16`` aside) and SGLang engines, whatever machine runs the dry
 run, except for the built-in default task and runs asking for the built-in engine or gloo (``--rollout-backend
@@ -30,14 +29,12 @@ registers them; without them the defaults apply).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
-import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from slime_entropy.loss.arguments import has_option
 from slime_entropy.launch.checks import MicroBatchPlan, TokenBudget, check_parallel_layout, plan_micro_batches
@@ -51,8 +48,13 @@ from slime_entropy.launch.memory import (
     estimate_training_memory,
     total_parameters,
 )
-from slime_entropy.megatron.architecture import HFArchitecture, check_model_args, padded_vocab_size
-from slime_entropy.rollout.fr3e_arguments import samples_per_prompt
+from slime_entropy.megatron.architecture import HFArchitecture
+from slime_entropy.problems import Problems
+
+if TYPE_CHECKING:
+    from slime_entropy.megatron.config import CheckpointConfig
+    from slime_entropy.rollout.config import DataConfig
+    from slime_entropy.trainer.config import BatchPlan, ClusterLayout, TrainerConfig
 
 __all__ = ["Plan", "CheckpointStatus", "plan_from_args", "add_plan_arguments", "DEFAULT_GPU_MEMORY_GIB"]
 
@@ -109,8 +111,8 @@ class Plan:
     num_parameters: int
     padded_vocab_size: int
     layout: ParallelSizes
-    cluster: Any
-    batch: Any
+    cluster: ClusterLayout
+    batch: BatchPlan
     micro: MicroBatchPlan
     sampling_batch_size: int
     num_rollout: int | None
@@ -124,6 +126,8 @@ class Plan:
     settings: dict[str, str]
     checkpoints: tuple[CheckpointStatus, ...]
     warnings: tuple[str, ...] = field(default=())
+    config: TrainerConfig | None = field(default=None, repr=False)
+    """The trainer's resolved configuration the plan was made from (``TrainerConfig.from_args``)."""
 
     @property
     def num_nodes(self) -> int:
@@ -171,41 +175,6 @@ class Plan:
         return _render(self)
 
 
-def _hf_architecture(args: argparse.Namespace, problems: list[str]) -> HFArchitecture | None:
-    if args.hf_checkpoint is None:
-        problems.append("--hf-checkpoint is required: the HF model directory (config.json, weights, tokenizer)")
-        return None
-    try:
-        arch = HFArchitecture.from_hf_checkpoint(args.hf_checkpoint)
-    except ValueError as err:
-        problems.append(str(err))
-        return None
-    try:
-        check_model_args(args, arch, source=f"{args.hf_checkpoint}/config.json")
-    except ValueError as err:
-        problems.append(str(err))
-    return arch
-
-
-def _collect(problems: list[str], build, *a, **kw):
-    try:
-        return build(*a, **kw)
-    except ValueError as err:
-        problems.append(str(err))
-        return None
-
-
-def _rollout_config(args: argparse.Namespace, problems: list[str]):
-    """Validate the rollout flags (data, rewards, sampling, groups). The dry run may happen on a machine without
-    SGLang or a GPU, so the engine backend is taken as the built-in one for this validation only; the engines'
-    placement is checked by the trainer's ``resolve_layout`` and :func:`check_parallel_layout`."""
-    from slime_entropy.rollout.config import RolloutConfig
-
-    probe = copy.copy(args)
-    probe.rollout_backend = "builtin"
-    return _collect(problems, RolloutConfig.from_args, probe)
-
-
 def _count_prompts(path: str) -> int | None:
     """Rows of a .jsonl / .json / .parquet prompt file, or None if it is not readable here."""
     p = Path(path)
@@ -224,10 +193,10 @@ def _count_prompts(path: str) -> int | None:
         return sum(1 for line in f if line.strip())
 
 
-def _checkpoint_status(args: argparse.Namespace) -> tuple[tuple[CheckpointStatus, ...], list[str]]:
+def _checkpoint_status(ckpt: CheckpointConfig) -> tuple[tuple[CheckpointStatus, ...], list[str]]:
     warnings: list[str] = []
     rows = []
-    hf = Path(args.hf_checkpoint)
+    hf = Path(ckpt.hf_checkpoint)
     has_weights = any(hf.glob("*.safetensors"))
     rows.append(
         CheckpointStatus(
@@ -243,38 +212,38 @@ def _checkpoint_status(args: argparse.Namespace) -> tuple[tuple[CheckpointStatus
         file = Path(path) / TRACKER_FILENAME
         return file.read_text().strip() if file.is_file() else None
 
-    ref = tracker(args.ref_load)
-    if args.ref_load is not None:
+    ref = tracker(ckpt.ref_load)
+    if ckpt.ref_load is not None:
         if ref is None:
             state = "no torch_dist checkpoint yet: run the HF -> torch_dist conversion first"
             warnings.append(
-                f"--ref-load {args.ref_load} holds no {TRACKER_FILENAME}; convert first: python "
-                f"tools/convert_hf_to_torch_dist.py ${{MODEL_ARGS[@]}} --hf-checkpoint {args.hf_checkpoint} --save "
-                f"{args.ref_load}"
+                f"--ref-load {ckpt.ref_load} holds no {TRACKER_FILENAME}; convert first: python "
+                f"tools/convert_hf_to_torch_dist.py ${{MODEL_ARGS[@]}} --hf-checkpoint {ckpt.hf_checkpoint} --save "
+                f"{ckpt.ref_load}"
             )
         else:
             state = f"torch_dist, iteration {ref}"
-        rows.append(CheckpointStatus("--ref-load", args.ref_load, state))
-    loaded = tracker(args.load)
-    if args.load is not None:
+        rows.append(CheckpointStatus("--ref-load", ckpt.ref_load, state))
+    loaded = tracker(ckpt.load)
+    if ckpt.load is not None:
         if loaded is not None:
             state = f"resumes from iteration {loaded}"
-        elif args.ref_load is not None:
+        elif ckpt.ref_load is not None:
             state = "no checkpoint yet: starts from --ref-load"
         else:
             state = "no checkpoint yet: starts from the HF weights"
-        rows.append(CheckpointStatus("--load", args.load, state))
-    elif args.ref_load is None:
+        rows.append(CheckpointStatus("--load", ckpt.load, state))
+    elif ckpt.ref_load is None:
         rows.append(CheckpointStatus("initial weights", str(hf), "the HF safetensors"))
-    if args.save is not None:
-        every = f"every {args.save_interval} rollouts" if args.save_interval else "at the end"
-        rows.append(CheckpointStatus("--save", args.save, f"torch_dist, {every}"))
+    if ckpt.save is not None:
+        every = f"every {ckpt.save_interval} rollouts" if ckpt.save_interval else "at the end"
+        rows.append(CheckpointStatus("--save", ckpt.save, f"torch_dist, {every}"))
     return tuple(rows), warnings
 
 
-def _settings_summary(args: argparse.Namespace, loss, rollout) -> dict[str, str]:
+def _settings_summary(config: TrainerConfig) -> dict[str, str]:
     s: dict[str, str] = {}
-    f = loss.entropy_filter
+    f = config.loss.entropy_filter
     if f.enabled:
         s["entropy filter"] = (
             f"ON: keep the top {f.keep_fraction:g} of valid tokens by entropy (scope {f.threshold_scope}, "
@@ -282,44 +251,42 @@ def _settings_summary(args: argparse.Namespace, loss, rollout) -> dict[str, str]
         )
     else:
         s["entropy filter"] = "off (all tokens)"
-    p = loss.policy
+    p = config.loss.policy
     clip = f"clip [{1 - p.eps_clip:g}, {1 + p.eps_clip_high:g}]" + (
         f", dual-clip {p.dual_clip_c:g}" if p.dual_clip_c else ""
     )
-    s["policy loss"] = f"{p.mode}, {args.advantage_estimator} advantages, {clip}"
+    s["policy loss"] = f"{p.mode}, {config.run.advantage_estimator} advantages, {clip}"
     kl = f"KL loss {p.kl_loss_type} x {p.kl_loss_coef:g} (reference model loaded)" if p.use_kl_loss else "no KL loss"
     s["regularisation"] = f"{kl}, entropy bonus {p.entropy_coef:g}"
-    if rollout is not None:
-        samp = rollout.sampling
-        s["sampling"] = f"temperature {samp.temperature:g}, top-p {samp.top_p:g}, top-k {samp.top_k}"
-        g = rollout.groups
-        s["rewards"] = f"{rollout.reward.rm_type or rollout.reward.custom_rm_path}, normalisation {g.normalization}"
-        if g.dynamic_sampling_filter_path:
-            s["dynamic sampling"] = (
-                f"{g.dynamic_sampling_filter_path}, rounds of {g.sampling_batch_size} prompts, at most "
-                f"{g.dynamic_sampling_max_rounds} rounds"
-            )
-        if rollout.fr3e is not None:
-            s["FR3E"] = rollout.fr3e.summary()
-        if g.overlong_buffer_len:
-            s["overlong shaping"] = (
-                f"buffer {g.overlong_buffer_len} tokens, penalty factor {g.overlong_penalty_factor:g}"
-            )
-        s["data"] = (
-            f"{rollout.data.prompt_data} (input key {rollout.data.input_key!r}, label key {rollout.data.label_key!r})"
+    rollout = config.rollout
+    samp = rollout.sampling
+    s["sampling"] = f"temperature {samp.temperature:g}, top-p {samp.top_p:g}, top-k {samp.top_k}"
+    g = rollout.groups
+    s["rewards"] = f"{rollout.reward.rm_type or rollout.reward.custom_rm_path}, normalisation {g.normalization}"
+    if g.dynamic_sampling_filter_path:
+        s["dynamic sampling"] = (
+            f"{g.dynamic_sampling_filter_path}, rounds of {g.sampling_batch_size} prompts, at most "
+            f"{g.dynamic_sampling_max_rounds} rounds"
         )
-    if args.eval_interval and args.eval_prompt_data:
-        names = ", ".join(args.eval_prompt_data[0::2])
-        length = args.eval_max_response_len or args.rollout_max_response_len
-        temperature = args.rollout_temperature if args.eval_temperature is None else args.eval_temperature
-        top_p = args.rollout_top_p if args.eval_top_p is None else args.eval_top_p
+    if rollout.fr3e is not None:
+        s["FR3E"] = rollout.fr3e.summary()
+    if g.overlong_buffer_len:
+        s["overlong shaping"] = f"buffer {g.overlong_buffer_len} tokens, penalty factor {g.overlong_penalty_factor:g}"
+    s["data"] = (
+        f"{rollout.data.prompt_data} (input key {rollout.data.input_key!r}, label key {rollout.data.label_key!r})"
+    )
+    e = config.eval
+    if e is not None and e.interval:
+        names = ", ".join(d.name for d in e.datasets)
+        es = e.sampling
         s["evaluation"] = (
-            f"every {args.eval_interval} rollouts: {names}; {args.n_samples_per_eval_prompt} samples per prompt, "
-            f"up to {length} tokens, temperature {temperature:g}, top-p {top_p:g}"
+            f"every {e.interval} rollouts: {names}; {e.n_samples_per_prompt} samples per prompt, up to "
+            f"{es.max_response_len} tokens, temperature {es.temperature:g}, top-p {es.top_p:g}"
         )
-    lr = f"lr {args.lr:g} ({args.lr_decay_style}"
-    lr += f", warmup {args.lr_warmup_iters} steps)" if args.lr_warmup_iters else ")"
-    s["optimizer"] = f"Adam, {lr}, weight decay {args.weight_decay:g}, grad clip {args.clip_grad:g}"
+    o = config.megatron.optimizer
+    lr = f"lr {o.lr:g} ({o.lr_decay_style}"
+    lr += f", warmup {o.lr_warmup_iters} steps)" if o.lr_warmup_iters else ")"
+    s["optimizer"] = f"Adam, {lr}, weight decay {o.weight_decay:g}, grad clip {o.clip_grad:g}"
     return s
 
 
@@ -329,142 +296,82 @@ def _target_on_gpu(args: argparse.Namespace) -> bool:
     return not (cpu or args.distributed_backend == "gloo")
 
 
-def _split_environment(message: str, problems: list[str], warnings: list[str]) -> None:
-    """Sort the lines of a validator's error: facts about this machine (files not here, packages not installed here)
-    become warnings, everything else stays a problem."""
-    lines = [line.strip()[2:] if line.strip().startswith("- ") else line.strip() for line in message.splitlines()]
-    for line in lines:
-        if not line or line.startswith("invalid "):
-            continue
-        if "does not exist" in line or "package" in line:
-            warnings.append(f"{line} (on this machine)")
-        else:
-            problems.append(line)
-
-
-def _trainer_checks(args: argparse.Namespace, on_gpu: bool, problems: list[str], warnings: list[str]):
-    """The trainer's layout, batch, loop and evaluation checks; returns its ClusterLayout and BatchPlan (or None)."""
-    from slime_entropy.evaluation.config import EvalConfig
-    from slime_entropy.trainer import config as trainer_config
-
-    cluster = batch = None
-    try:
-        cluster = trainer_config.resolve_layout(
-            on_gpu=on_gpu,
-            actor_num_nodes=args.actor_num_nodes,
-            actor_num_gpus_per_node=args.actor_num_gpus_per_node,
-            tensor_model_parallel_size=args.tensor_model_parallel_size,
-            pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-            context_parallel_size=args.context_parallel_size,
-            expert_model_parallel_size=args.expert_model_parallel_size,
-            expert_tensor_parallel_size=args.expert_tensor_parallel_size,
-            colocate=args.colocate,
-            # offloading is resolved below: resolve_layout would look for torch_memory_saver on *this* machine
-            offload=False,
-            offload_train=False,
-            offload_rollout=False,
-            rollout_num_gpus=args.rollout_num_gpus,
-            rollout_num_gpus_per_engine=args.rollout_num_gpus_per_engine,
-            num_gpus_per_node=args.num_gpus_per_node,
-            rollout_backend="sglang" if on_gpu else "builtin",
-            external_engines=bool(args.rollout_external_engine_addrs or args.sglang_router_ip),
-            distributed_backend=args.distributed_backend,
-            update_weight_transport=args.update_weight_transport,
-        )
-    except ValueError as err:
-        _split_environment(str(err), problems, warnings)
-    if cluster is not None:
-        offload_train = bool(args.offload or args.colocate) if args.offload_train is None else args.offload_train
-        offload_rollout = bool(args.offload or args.colocate) if args.offload_rollout is None else args.offload_rollout
-        cluster = dataclasses.replace(cluster, offload_train=offload_train, offload_rollout=offload_rollout)
-        if on_gpu and offload_train and importlib.util.find_spec("torch_memory_saver") is None:
-            warnings.append(
-                "--offload-train (implied by --colocate) needs torch_memory_saver on the GPU nodes; it is not "
-                "installed on this machine"
-            )
-        if args.rollout_batch_size is not None:
-            try:
-                batch = trainer_config.check_batch_arithmetic(
-                    rollout_batch_size=args.rollout_batch_size,
-                    n_samples_per_prompt=samples_per_prompt(args),  # with --fr3e: + its partial rollouts
-                    num_steps_per_rollout=args.num_steps_per_rollout,
-                    global_batch_size=args.global_batch_size,
-                    dp_size=cluster.dp_size,
-                    balance_data=args.balance_data,
-                )
-            except ValueError as err:
-                _split_environment(str(err), problems, warnings)
-    # The trainer's loop and evaluation checks: the dry run must give the same answers.
-    for line in trainer_config.loop_problems(args):
-        _split_environment(line, problems, warnings)
-    try:
-        EvalConfig.from_args(args, training=True)
-    except ValueError as err:
-        _split_environment(str(err), problems, warnings)
-    return cluster, batch
+def _problem_lines(message: str) -> list[str]:
+    """The problems of a config's ``ValueError``, one line each, without the ``invalid ...:`` headers."""
+    lines = [line.strip() for line in message.splitlines()]
+    return [line.removeprefix("- ") for line in lines if line and not line.startswith("invalid ")]
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """Resolve and check ``args`` for the machines it asks for; raise one ``ValueError`` listing every problem."""
-    from slime_entropy.loss.config import LossConfig
-    from slime_entropy.megatron.config import flag_problems as megatron_flag_problems
+    from slime_entropy.trainer.config import TrainerConfig
 
-    problems: list[str] = []
-    warnings: list[str] = []
     on_gpu = _target_on_gpu(args)
-    arch = _hf_architecture(args, problems)
-    loss = _collect(problems, LossConfig.from_args, args)
-    rollout = _rollout_config(args, problems)
-    problems += megatron_flag_problems(args)
-    cluster, batch = _trainer_checks(args, on_gpu, problems, warnings)
+    try:
+        config = TrainerConfig.from_args(args, on_gpu=on_gpu, check_environment=False)
+    except ValueError as err:
+        lines = _problem_lines(str(err))
+        raise ValueError("the run cannot start as configured:\n  - " + "\n  - ".join(lines)) from None
+    return _plan(config, args)
 
-    tp = args.tensor_model_parallel_size
-    world = (
-        cluster.num_train_ranks if cluster is not None else args.actor_num_nodes * (args.actor_num_gpus_per_node or 1)
+
+def _plan(config: TrainerConfig, args: argparse.Namespace) -> Plan:
+    """The plan of a resolved config: the checks that need the architecture or the token budget, the schedule and
+    the memory estimates. ``args`` is read for the planner's own flags and for what the user wrote (MODEL_ARGS)."""
+    on_gpu, cluster, batch, megatron, rollout = (
+        config.layout.on_gpu,
+        config.layout,
+        config.batch,
+        config.megatron,
+        config.rollout,
     )
+    build, arch = megatron.build, megatron.arch
+    problems = Problems()
+    warnings = [f"{w} (on this machine)" for w in config.warnings]
+    tp = build.tensor_model_parallel_size
     layout = ParallelSizes(
-        world_size=world,
+        world_size=cluster.num_train_ranks,
         tensor_parallel_size=tp,
-        pipeline_parallel_size=args.pipeline_model_parallel_size,
-        context_parallel_size=args.context_parallel_size,
-        expert_parallel_size=args.expert_model_parallel_size,
-        expert_tensor_parallel_size=args.expert_tensor_parallel_size,
-        sequence_parallel=bool(args.sequence_parallel and tp > 1),
+        pipeline_parallel_size=build.pipeline_model_parallel_size,
+        context_parallel_size=megatron.context_parallel_size,
+        expert_parallel_size=build.expert_model_parallel_size,
+        expert_tensor_parallel_size=build.expert_tensor_parallel_size,
+        sequence_parallel=build.sequence_parallel,
     )
-    if arch is not None:
-        problems += check_parallel_layout(
+    problems.extend(
+        check_parallel_layout(
             arch,
             layout,
-            num_gpus_per_node=args.num_gpus_per_node if on_gpu else max(world, args.num_gpus_per_node),
-            rollout_num_gpus_per_engine=args.rollout_num_gpus_per_engine if on_gpu else 1,
+            num_gpus_per_node=(
+                cluster.num_gpus_per_node if on_gpu else max(cluster.num_train_ranks, cluster.num_gpus_per_node)
+            ),
+            rollout_num_gpus_per_engine=cluster.rollout_num_gpus_per_engine if on_gpu else 1,
         )
+    )
     if args.sequence_parallel and tp == 1:
         warnings.append("--sequence-parallel has no effect with --tensor-model-parallel-size 1")
+    batching = megatron.batching
     budget = TokenBudget(
-        micro_batch_size=args.micro_batch_size,
-        use_dynamic_batch_size=bool(args.use_dynamic_batch_size),
-        max_tokens_per_gpu=args.max_tokens_per_gpu,
-        log_probs_max_tokens_per_gpu=args.log_probs_max_tokens_per_gpu,
-        max_response_len=args.rollout_max_response_len,
-        max_prompt_len=args.rollout_max_prompt_len,
-        max_context_len=args.rollout_max_context_len,
+        micro_batch_size=batching.micro_batch_size,
+        use_dynamic_batch_size=batching.use_dynamic_batch_size,
+        max_tokens_per_gpu=batching.max_tokens_per_gpu,
+        log_probs_max_tokens_per_gpu=batching.log_probs_max_tokens_per_gpu,
+        max_response_len=rollout.sampling.max_response_len,
+        max_prompt_len=rollout.data.max_prompt_len,
+        max_context_len=rollout.sampling.max_context_len,
     )
-    micro, budget_problems = plan_micro_batches(
-        budget, samples_per_rank_per_step=batch.samples_per_rank_per_step if batch is not None else 1
-    )
-    problems += budget_problems
+    micro, budget_problems = plan_micro_batches(budget, samples_per_rank_per_step=batch.samples_per_rank_per_step)
+    problems.extend(budget_problems)
     if micro.max_sample_tokens is None:
         warnings.append(
             "the prompt length is unbounded (no --rollout-max-prompt-len / --rollout-max-context-len): a prompt "
             "longer than the token budget minus the response length stops training; the memory estimate assumes "
             "micro-batches of the full budget"
         )
+    num_rollout, source = _resolve_num_rollout(rollout.data, batch)
     if problems:
-        raise ValueError("the run cannot start as configured:\n  - " + "\n  - ".join(problems))
-    assert arch is not None and batch is not None and loss is not None and cluster is not None
+        raise ValueError("the run cannot start as configured:\n  - " + "\n  - ".join(problems.messages))
 
-    num_rollout, source = _resolve_num_rollout(args, batch)
-    bf16 = on_gpu and args.bf16 is not False or bool(args.bf16)
     gpu_gib = args.plan_gpu_memory_gib if hasattr(args, "plan_gpu_memory_gib") else DEFAULT_GPU_MEMORY_GIB
     reserve_gib = args.plan_memory_reserve_gib if hasattr(args, "plan_memory_reserve_gib") else DEFAULT_RESERVE_GIB
     training = None
@@ -475,46 +382,46 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
             tokens_per_micro_batch=micro.tokens_per_micro_batch,
             log_prob_tokens_per_micro_batch=micro.log_prob_tokens_per_micro_batch,
             num_micro_batches=micro.micro_batches_per_step[1] if micro.micro_batches_per_step else 1,
-            bf16=bf16,
-            grads_in_fp32=bool(args.accumulate_allreduce_grads_in_fp32),
-            distributed_optimizer=bool(args.use_distributed_optimizer),
-            optimizer_cpu_offload=bool(args.optimizer_cpu_offload),
-            full_recompute=args.recompute_granularity == "full",
-            make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+            bf16=build.bf16,
+            grads_in_fp32=build.accumulate_allreduce_grads_in_fp32,
+            distributed_optimizer=megatron.optimizer.use_distributed_optimizer,
+            optimizer_cpu_offload=megatron.optimizer.optimizer_cpu_offload,
+            full_recompute=build.recompute_granularity == "full",
+            make_vocab_size_divisible_by=build.make_vocab_size_divisible_by,
             reserve_gib=reserve_gib if on_gpu else 0.0,
         )
     else:
         warnings.append("no token budget known (fixed micro-batches and unbounded prompts): activations not estimated")
-    if on_gpu and args.recompute_granularity != "full":
+    if on_gpu and build.recompute_granularity != "full":
         warnings.append(
             "no full activation recompute (--recompute-granularity full --recompute-method uniform "
             "--recompute-num-layers 1 is what slime's scripts use for long responses)"
         )
-    rbs = args.rollout_batch_size
-    sampling_batch_size = args.over_sampling_batch_size or rbs
+    sampling_batch_size = rollout.groups.sampling_batch_size
     rollout_memory = None
     if on_gpu:
         engines = max(1, cluster.rollout_num_gpus // cluster.rollout_num_gpus_per_engine)
+        sglang = dict(rollout.engine.sglang_options)
         rollout_memory = estimate_rollout_memory(
             arch,
             engine_tp=cluster.rollout_num_gpus_per_engine,
             gpu_bytes=int(gpu_gib * GiB),
-            mem_fraction_static=getattr(args, "sglang_mem_fraction_static", None),
-            kv_cache_dtype=getattr(args, "sglang_kv_cache_dtype", None),
+            mem_fraction_static=sglang.get("mem-fraction-static"),
+            kv_cache_dtype=sglang.get("kv-cache-dtype"),
             sequence_tokens=micro.max_sample_tokens,
-            concurrent_sequences=math.ceil(sampling_batch_size * samples_per_prompt(args) / engines),
+            concurrent_sequences=math.ceil(sampling_batch_size * rollout.samples_per_prompt / engines),
         )
-    checkpoints, ckpt_warnings = _checkpoint_status(args)
+    checkpoints, ckpt_warnings = _checkpoint_status(megatron.checkpoint)
     warnings += ckpt_warnings
-    if args.prompt_data and not Path(args.prompt_data).is_file():
-        warnings.append(f"--prompt-data {args.prompt_data} does not exist (on this machine)")
+    if not Path(rollout.data.prompt_data).is_file():
+        warnings.append(f"--prompt-data {rollout.data.prompt_data} does not exist (on this machine)")
     plan = Plan(
         on_gpu=on_gpu,
-        hf_checkpoint=args.hf_checkpoint,
+        hf_checkpoint=megatron.checkpoint.hf_checkpoint,
         arch=arch,
         model_args_given=args.num_layers is not None or args.hidden_size is not None,
         num_parameters=total_parameters(arch),
-        padded_vocab_size=padded_vocab_size(arch.vocab_size, args.make_vocab_size_divisible_by, tp),
+        padded_vocab_size=megatron.padded_vocab_size,
         layout=layout,
         cluster=cluster,
         batch=batch,
@@ -526,27 +433,34 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         rollout=rollout_memory,
         gpu_memory_bytes=int(gpu_gib * GiB),
         reserve_bytes=int(reserve_gib * GiB),
-        bf16=bf16,
-        reference_on_host=loss.policy.use_kl_loss,
-        settings=_settings_summary(args, loss, rollout),
+        bf16=build.bf16,
+        reference_on_host=config.loss.policy.use_kl_loss,
+        settings=_settings_summary(config),
         checkpoints=checkpoints,
         warnings=tuple(warnings),
+        config=config,
     )
     return _with_memory_warnings(plan)
 
 
-def _resolve_num_rollout(args: argparse.Namespace, batch) -> tuple[int | None, str]:
-    if args.num_rollout is not None:
-        return args.num_rollout, "--num-rollout"
-    if args.num_epoch is None:
+def _resolve_num_rollout(data: DataConfig, batch: BatchPlan) -> tuple[int | None, str]:
+    """The run's length as the rollout worker will resolve it (``DataConfig.resolve_num_rollout``) from the prompt
+    file when it is readable here; the file here may be a stand-in for the cluster's, so a count that gives no
+    rollout leaves the length unknown rather than stopping the plan."""
+    if data.num_rollout is not None:
+        return data.num_rollout, "--num-rollout"
+    if data.num_epoch is None:
         return None, "unset (--num-rollout / --num-epoch)"
-    count = _count_prompts(args.prompt_data) if args.prompt_data else None
+    count = _count_prompts(data.prompt_data)
     if count is None:
-        return None, f"--num-epoch {args.num_epoch} x the prompts of {args.prompt_data} (not readable here)"
-    return (
-        max(1, args.num_epoch * count // batch.rollout_batch_size),
-        f"--num-epoch {args.num_epoch} x {count} prompts",
-    )
+        return None, f"--num-epoch {data.num_epoch} x the prompts of {data.prompt_data} (not readable here)"
+    try:
+        return (
+            data.resolve_num_rollout(count, batch.rollout_batch_size),
+            f"--num-epoch {data.num_epoch} x {count} prompts",
+        )
+    except ValueError as err:
+        return None, f"unknown: {err} (with {data.prompt_data} as it is on this machine)"
 
 
 def _with_memory_warnings(plan: Plan) -> Plan:

@@ -254,10 +254,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.hf_checkpoint is None and args.prompt_data is None:
-        from slime_entropy.trainer.default_task import embedded_argv
+        from slime_entropy.trainer.default_task import default_task_argv
 
         # The default task's flags first, the user's after them: anything the user gave wins.
-        args = parser.parse_args(embedded_argv(args) + argv)
+        args = parser.parse_args(default_task_argv(args) + argv)
         args.embedded = True
     elif (args.hf_checkpoint is None) != (args.prompt_data is None):
         missing = "--hf-checkpoint" if args.hf_checkpoint is None else "--prompt-data"

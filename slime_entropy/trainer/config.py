@@ -344,6 +344,9 @@ class RunConfig:
     distributed_timeout_s: float = 600.0
     default_task: bool = False
     """The built-in default task (no ``--hf-checkpoint``/``--prompt-data``)."""
+    advantage_estimator: str = "grpo"
+    """``--advantage-estimator`` (one of :data:`SUPPORTED_ADVANTAGE_ESTIMATORS`): one normalised reward per sample
+    on every response token."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -486,6 +489,7 @@ class TrainerConfig:
             update_weight_buffer_size=args.update_weight_buffer_size,
             distributed_timeout_s=60.0 * args.distributed_timeout_minutes,
             default_task=bool(getattr(args, "embedded", False)),
+            advantage_estimator=args.advantage_estimator,
         )
         wandb = WandbConfig(
             enabled=args.use_wandb,

@@ -22,7 +22,7 @@ Where the model's initial competence comes from
     samples, not yet the policy's habit), and the reward has room to rise. The warm-up runs once (about a minute on
     two cores) and is cached under ``--embedded-cache-dir``, keyed by everything that defines it.
 
-What ``python train.py`` then runs (every flag can be overridden on the command line; see :func:`embedded_argv`)
+What ``python train.py`` then runs (every flag can be overridden on the command line; see :func:`default_task_argv`)
     16 prompts x 8 samples per rollout, GRPO advantages, one optimizer step per rollout (lr 1e-3), the filter on
     at rho = 0.2, 40 rollouts, a checkpoint after every rollout in ``<run-dir>/checkpoints`` (rerunning resumes),
     held-out evaluation every 10
@@ -32,6 +32,7 @@ What ``python train.py`` then runs (every flag can be overridden on the command 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -47,11 +48,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 __all__ = [
-    "EmbeddedSpec",
-    "EmbeddedAssets",
+    "DefaultTaskSpec",
+    "DefaultTaskAssets",
     "DEFAULT_SPEC",
-    "embedded_argv",
-    "prepare_embedded",
+    "default_task_argv",
+    "prepare_default_task",
     "problem_prompt",
     "worked_solution",
     "default_cache_dir",
@@ -63,7 +64,7 @@ FORMAT_VERSION = 1  # bump when the task, data or warm-up recipe changes (invali
 
 
 @dataclass(frozen=True, kw_only=True)
-class EmbeddedSpec:
+class DefaultTaskSpec:
     """Everything that defines the default task's model, warm-up and data (the cache key)."""
 
     hidden_size: int = 64
@@ -89,11 +90,11 @@ class EmbeddedSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-DEFAULT_SPEC = EmbeddedSpec()
+DEFAULT_SPEC = DefaultTaskSpec()
 
 
 @dataclass(frozen=True)
-class EmbeddedAssets:
+class DefaultTaskAssets:
     root: Path
 
     @property
@@ -117,19 +118,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SLIME_ENTROPY_CACHE") or Path.home() / ".cache" / "slime_entropy")
 
 
-def _spec_from_args(args) -> EmbeddedSpec:
+def _spec_from_args(args) -> DefaultTaskSpec:
     if args.embedded_sft_steps is None:
         return DEFAULT_SPEC
-    return EmbeddedSpec(**{**asdict(DEFAULT_SPEC), "sft_steps": args.embedded_sft_steps})
+    return DefaultTaskSpec(**{**asdict(DEFAULT_SPEC), "sft_steps": args.embedded_sft_steps})
 
 
-def assets_for(args) -> EmbeddedAssets:
+def assets_for(args) -> DefaultTaskAssets:
     cache = Path(args.embedded_cache_dir) if args.embedded_cache_dir else default_cache_dir()
-    return EmbeddedAssets(cache / f"embedded-{_spec_from_args(args).key()}")
+    return DefaultTaskAssets(cache / f"embedded-{_spec_from_args(args).key()}")
 
 
 # ----- the task -----
-def _problem(rng: random.Random, spec: EmbeddedSpec) -> tuple[int, ...]:
+def _problem(rng: random.Random, spec: DefaultTaskSpec) -> tuple[int, ...]:
     return tuple(rng.randint(0, 9) for _ in range(rng.randint(spec.min_terms, spec.max_terms)))
 
 
@@ -150,7 +151,7 @@ def worked_solution(terms: tuple[int, ...], rng: random.Random | None = None, no
     return "\n".join(lines) + f"\n\\boxed{{{acc}}}"
 
 
-def _write_data(assets_root: Path, spec: EmbeddedSpec) -> None:
+def _write_data(assets_root: Path, spec: DefaultTaskSpec) -> None:
     rng = random.Random(spec.seed)
     seen: set[tuple[int, ...]] = set()
     evaluation = []
@@ -176,7 +177,7 @@ def _write_data(assets_root: Path, spec: EmbeddedSpec) -> None:
 
 
 # ----- the warm-up -----
-def _build_model(spec: EmbeddedSpec, tokenizer):
+def _build_model(spec: DefaultTaskSpec, tokenizer):
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
@@ -204,7 +205,7 @@ def _build_model(spec: EmbeddedSpec, tokenizer):
     return model
 
 
-def _sft_batch(rng: random.Random, spec: EmbeddedSpec, tokenizer):
+def _sft_batch(rng: random.Random, spec: DefaultTaskSpec, tokenizer):
     import torch
 
     sequences, labels = [], []
@@ -229,7 +230,7 @@ def _sft_batch(rng: random.Random, spec: EmbeddedSpec, tokenizer):
     return input_ids, label_ids, attention
 
 
-def _warm_up(model, tokenizer, spec: EmbeddedSpec, progress: bool) -> float:
+def _warm_up(model, tokenizer, spec: DefaultTaskSpec, progress: bool) -> float:
     """``spec.sft_steps`` AdamW steps on noisy worked solutions; returns the last loss."""
     import torch
     from tqdm import tqdm
@@ -265,7 +266,7 @@ def _warm_up(model, tokenizer, spec: EmbeddedSpec, progress: bool) -> float:
     return loss_value
 
 
-def prepare_embedded(args, *, progress: bool = True) -> EmbeddedAssets:
+def prepare_default_task(args, *, progress: bool = True) -> DefaultTaskAssets:
     """The default task's model and data, built (warm-up included) unless cached. Safe to run concurrently: the
     assets are written to a private directory and renamed into place."""
     import torch
@@ -303,39 +304,37 @@ def prepare_embedded(args, *, progress: bool = True) -> EmbeddedAssets:
 
 
 @contextlib.contextmanager
-def planning_assets(args) -> Iterator[None]:
-    """For ``--dry-run`` before the default task has ever run: the plan needs the model's config.json and the data
-    files, but the warm-up (about a minute) is training, which a dry run must not do. Writes the data and the
-    untrained tiny model (same architecture and tokenizer) to a temporary directory, points the flags that still
-    name the uncached assets at it, and removes it afterwards. A no-op for other runs and once the cache exists."""
+def planning_assets(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
+    """The flags to plan ``--dry-run`` with. Before the default task has ever run, the plan needs the model's
+    config.json and the data files, but the warm-up (about a minute) is training, which a dry run must not do: this
+    writes the data and the untrained tiny model (same architecture and tokenizer) to a temporary directory, yields a
+    copy of ``args`` whose flags that name the uncached assets point there, and removes it afterwards. For other runs
+    and once the cache exists it yields ``args`` itself. ``args`` is never changed."""
     assets = assets_for(args)
     if not getattr(args, "embedded", False) or assets.complete:
-        yield
+        yield args
         return
     from slime_entropy.testing.tiny_models import build_tiny_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="slime-entropy-plan-") as tmp:
-        stand_in = EmbeddedAssets(Path(tmp))
+        stand_in = DefaultTaskAssets(Path(tmp))
         spec = _spec_from_args(args)
         _write_data(stand_in.root, spec)
         tokenizer = build_tiny_tokenizer()
         _build_model(spec, tokenizer).save_pretrained(stand_in.model_dir, safe_serialization=True)
         tokenizer.save_pretrained(stand_in.model_dir)
         logger.info("default task: not built yet; planning with its untrained model in %s (same shapes)", tmp)
-        originals = (args.hf_checkpoint, args.prompt_data, args.eval_prompt_data)
         swap = {str(assets.model_dir): str(stand_in.model_dir), str(assets.train_data): str(stand_in.train_data),
                 str(assets.eval_data): str(stand_in.eval_data)}  # fmt: skip
-        args.hf_checkpoint = swap.get(args.hf_checkpoint, args.hf_checkpoint)
-        args.prompt_data = swap.get(args.prompt_data, args.prompt_data)
+        planned = argparse.Namespace(**vars(args))
+        planned.hf_checkpoint = swap.get(args.hf_checkpoint, args.hf_checkpoint)
+        planned.prompt_data = swap.get(args.prompt_data, args.prompt_data)
         if args.eval_prompt_data:
-            args.eval_prompt_data = [swap.get(item, item) for item in args.eval_prompt_data]
-        try:
-            yield
-        finally:
-            args.hf_checkpoint, args.prompt_data, args.eval_prompt_data = originals
+            planned.eval_prompt_data = [swap.get(item, item) for item in args.eval_prompt_data]
+        yield planned
 
 
-def embedded_argv(args) -> list[str]:
+def default_task_argv(args) -> list[str]:
     """The default task's flags (the user's own flags are parsed after these and win). No ``--load``: a run resumes
     from its ``--save`` (the trainer's rule), so ``--save DIR`` of the user's moves both. No
     ``--num-steps-per-rollout``: one step per rollout is the default, and a ``--global-batch-size`` of the user's

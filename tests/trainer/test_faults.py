@@ -106,8 +106,8 @@ def test_dependent_flags_and_the_default_tasks_batch_flags(tmp_path, capsys):
     argv = ["--embedded-cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run")]
     # --global-batch-size on the default task: the task itself must not pin the steps per rollout
     args = parse_args([*argv, "--global-batch-size", "64"])
-    with planning_assets(args):
-        config = TrainerConfig.from_args(args, on_gpu=False)
+    with planning_assets(args) as planned:
+        config = TrainerConfig.from_args(planned, on_gpu=False)
     assert (config.batch.global_batch_size, config.batch.num_steps_per_rollout) == (64, 2)
     # both given and contradicting: say which to drop, not "give one of" two flags the user gave
     with pytest.raises(ValueError, match="drop --num-steps-per-rollout") as e:
@@ -116,8 +116,9 @@ def test_dependent_flags_and_the_default_tasks_batch_flags(tmp_path, capsys):
     assert "give one of" not in str(e.value)
     # a KL loss flag without the KL loss does nothing: refused
     args = parse_args([*argv, "--kl-loss-type", "low_var_kl"])
-    with planning_assets(args), pytest.raises(ValueError, match="--kl-loss-type has no effect without --use-kl-loss"):
-        TrainerConfig.from_args(args, on_gpu=False)
+    with planning_assets(args) as planned:
+        with pytest.raises(ValueError, match="--kl-loss-type has no effect without --use-kl-loss"):
+            TrainerConfig.from_args(planned, on_gpu=False)
 
 
 def test_config_dumps_do_not_precede_an_error(trainer_model, trainer_data, tmp_path, capsys):
@@ -141,12 +142,12 @@ def test_config_dumps_do_not_precede_an_error(trainer_model, trainer_data, tmp_p
 # ----- where a run resumes -----
 def test_save_without_load_resumes_from_save_on_every_task(trainer_model, trainer_data, tmp_path, capsys):
     from slime_entropy.trainer.arguments import parse_args
-    from slime_entropy.trainer.default_task import embedded_argv
+    from slime_entropy.trainer.default_task import default_task_argv
 
     save = str(tmp_path / "mine")
     embedded = parse_args(["--save", save, "--embedded-cache-dir", str(tmp_path / "cache")])
     assert embedded.embedded and embedded.save == embedded.load == embedded.run_dir == save
-    assert "--load" not in embedded_argv(embedded) and "--num-steps-per-rollout" not in embedded_argv(embedded)
+    assert "--load" not in default_task_argv(embedded) and "--num-steps-per-rollout" not in default_task_argv(embedded)
     other = parse_args(_argv(trainer_model, trainer_data, tmp_path / "run", "--save", save))
     assert other.load == save
 
@@ -221,8 +222,10 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_complete_one(tmp_p
     assert _plan(ckpt).step == 0
     (ckpt / "iter_0000000" / "common.pt").unlink()
     plan = _plan(ckpt)
-    assert plan.problems and "(step 2) is damaged" in plan.problems[0] and "no older complete checkpoint" in (
-        plan.problems[0]
+    assert (
+        plan.problems
+        and "(step 2) is damaged" in plan.problems[0]
+        and "no older complete checkpoint" in (plan.problems[0])
     )
 
 
