@@ -201,7 +201,6 @@ def resolve_layout(
     pipeline_model_parallel_size: int = 1,
     context_parallel_size: int = 1,
     expert_model_parallel_size: int = 1,
-    expert_tensor_parallel_size: int | None = None,
     colocate: bool = False,
     offload: bool = False,
     offload_train: bool | None = None,
@@ -215,8 +214,8 @@ def resolve_layout(
     update_weight_transport: str = "auto",
 ) -> ClusterLayout:
     """Resolve defaults and check where the training ranks and the engines go (see module doc). Whether the model
-    splits into the parallel sizes, and the rank count into whole replicas, is Megatron's to check
-    (``MegatronConfig.from_args`` with the layout's ``num_train_ranks``)."""
+    splits into the parallel sizes, the ranks into whole replicas and a pipeline stage into expert groups is
+    Megatron's to check (``MegatronConfig.from_args`` with the layout's ``num_train_ranks``)."""
     problems = Problems()
     tp, pp, cp, ep = (tensor_model_parallel_size, pipeline_model_parallel_size, context_parallel_size,
                       expert_model_parallel_size)  # fmt: skip
@@ -228,12 +227,6 @@ def resolve_layout(
         actor_num_gpus_per_node >= 1, f"--actor-num-gpus-per-node must be >= 1, got {actor_num_gpus_per_node}"
     )
     world = max(actor_num_nodes, 1) * max(actor_num_gpus_per_node, 1)
-    etp = expert_tensor_parallel_size or tp
-    problems.check(
-        ep <= 1 or (world // max(pp, 1)) % (ep * etp) == 0,
-        f"--expert-model-parallel-size {ep} x expert TP {etp} must divide the {world // max(pp, 1)} ranks of a "
-        "pipeline stage",
-    )
     if distributed_backend is None:
         distributed_backend = "nccl" if on_gpu else "gloo"
     problems.check(
@@ -429,7 +422,6 @@ class TrainerConfig:
                 pipeline_model_parallel_size=args.pipeline_model_parallel_size,
                 context_parallel_size=args.context_parallel_size,
                 expert_model_parallel_size=args.expert_model_parallel_size,
-                expert_tensor_parallel_size=args.expert_tensor_parallel_size,
                 colocate=args.colocate,
                 offload=args.offload,
                 offload_train=args.offload_train,
