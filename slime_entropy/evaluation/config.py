@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slime_entropy.evaluation.metrics import default_pass_ks
+from slime_entropy.problems import Problems
 from slime_entropy.rollout.config import SamplingConfig
 
 __all__ = ["EvalDataset", "EvalConfig", "EvalSamplingConfig"]
@@ -113,26 +114,27 @@ class EvalConfig:
         """
         pairs = getattr(args, "eval_prompt_data", None)
         interval = getattr(args, "eval_interval", None)
-        errors: list[str] = []
+        problems = Problems()
         if not pairs:
             if training and interval is not None:
                 raise ValueError("--eval-interval needs --eval-prompt-data NAME PATH [NAME PATH ...]")
             return None
-        if len(pairs) % 2:
-            errors.append(
-                f"--eval-prompt-data takes NAME PATH pairs, got {len(pairs)} value(s) {pairs}; e.g. "
-                "--eval-prompt-data aime24 /data/aime-2024.jsonl"
-            )
-        if training and interval is None:
-            errors.append(
-                "--eval-prompt-data without --eval-interval never evaluates during training; add --eval-interval N "
-                "(or evaluate a checkpoint with 'python -m slime_entropy.evaluation')"
-            )
+        problems.check(
+            len(pairs) % 2 == 0,
+            f"--eval-prompt-data takes NAME PATH pairs, got {len(pairs)} value(s) {pairs}; e.g. "
+            "--eval-prompt-data aime24 /data/aime-2024.jsonl",
+        )
+        problems.check(
+            not training or interval is not None,
+            "--eval-prompt-data without --eval-interval never evaluates during training; add --eval-interval N "
+            "(or evaluate a checkpoint with 'python -m slime_entropy.evaluation')",
+        )
         max_response_len = getattr(args, "eval_max_response_len", None)
         if max_response_len is None:
             max_response_len = getattr(args, "rollout_max_response_len", None)
-        if max_response_len is None:
-            errors.append("--eval-max-response-len (or --rollout-max-response-len) is required")
+        problems.check(
+            max_response_len is not None, "--eval-max-response-len (or --rollout-max-response-len) is required"
+        )
         sampling = None
         if max_response_len is not None:
             try:
@@ -147,9 +149,8 @@ class EvalConfig:
                     skip_special_tokens=bool(getattr(args, "rollout_skip_special_tokens", False)),
                 )
             except ValueError as e:  # name the eval flag when the value came from one
-                errors.append(_eval_flag_names(str(e), args))
-        if errors:
-            raise ValueError("invalid evaluation arguments:\n  - " + "\n  - ".join(errors))
+                problems.extend([_eval_flag_names(str(e), args)])
+        problems.raise_if_any("evaluation arguments")
         try:
             return cls(
                 datasets=tuple(EvalDataset(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)),

@@ -7,7 +7,8 @@ rollout dict), turns it into samples with per-token advantages (the sample's GRP
 response token), runs the no-grad old-policy pass once (log-probs and entropies, which the filter's step scope and the
 rollout dumps read), then one optimizer step per call of :meth:`TrainRank.train_step`.
 
-``RolloutWorker`` holds a :class:`~slime_entropy.rollout.manager.RolloutManager`: the prompt data, the engines
+``RolloutWorker`` holds a :class:`~slime_entropy.rollout.manager.RolloutManager`, built from the driver's resolved
+``RolloutConfig`` (the worker resolves no flags): the prompt data, the engines
 (launched as processes on its node: SGLang on the rollout GPUs, or the built-in engine), the grading workers and the
 dynamic-sampling loop. It also evaluates, relays weight updates to the engines over HTTP, and releases/resumes the
 engines' memory for colocated runs.

@@ -404,8 +404,9 @@ def test_wandb_logs_offline_without_a_key_and_a_resumed_run_continues_the_same_w
 
 
 def test_the_seed_examples_command_line_parses(tmp_path):
-    """slime's seed example (Qwen3-32B, slime-reference §9) with MODEL_ARGS, the run scripts' performance flags,
-    W&B and SGLang pass-through: every flag is known (parsing only; the paths need not exist)."""
+    """slime's seed example (Qwen3-32B, as examples/high_entropy/run-qwen3-32B.sh runs it) with MODEL_ARGS, the run
+    scripts' performance flags, W&B and SGLang pass-through: every flag is known (parsing only; the paths need not
+    exist)."""
     model_args = [
         "--num-layers",
         "64",

@@ -177,11 +177,10 @@ def _fake_checkpoint(ckpt: Path, step: int, *, manifest: bool = True, data_state
 
 
 def _plan(load, ckpt_step=None):
-    import argparse
-
+    from slime_entropy.megatron.config import CheckpointConfig
     from slime_entropy.trainer.preflight import resume_plan
 
-    return resume_plan(argparse.Namespace(load=str(load), ckpt_step=ckpt_step, finetune=False))
+    return resume_plan(CheckpointConfig(hf_checkpoint="", load=str(load), ckpt_step=ckpt_step))
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_complete_one(tmp_path):
