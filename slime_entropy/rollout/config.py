@@ -97,13 +97,14 @@ class EngineConfig:
             raise ValueError(f"--rollout-num-engines must be >= 1, got {self.num_engines}")
         if self.num_gpus_per_engine < 1:
             raise ValueError(f"--rollout-num-gpus-per-engine must be >= 1, got {self.num_gpus_per_engine}")
-        if self.backend == "sglang" and not self.external_engine_addrs:
-            if self.num_gpus_per_engine > self.num_gpus_per_node:
-                raise ValueError(
-                    f"--rollout-num-gpus-per-engine {self.num_gpus_per_engine} > --num-gpus-per-node "
-                    f"{self.num_gpus_per_node}: multi-node engines are not launched by slime_entropy; start them "
-                    "yourself and pass --rollout-external-engine-addrs"
-                )
+        num_gpus = self.num_engines * self.num_gpus_per_engine
+        if self.backend == "sglang" and not self.external_engine_addrs and num_gpus > self.num_gpus_per_node:
+            raise ValueError(
+                f"the engines' {num_gpus} GPUs ({self.num_engines} x --rollout-num-gpus-per-engine "
+                f"{self.num_gpus_per_engine}) exceed one node (--num-gpus-per-node {self.num_gpus_per_node}): "
+                "multi-node engines are not launched by slime_entropy; start them yourself and pass "
+                "--rollout-external-engine-addrs"
+            )
         for addr in self.external_engine_addrs:
             host, _, port = addr.rpartition(":")
             if not host or not port.isdigit():
@@ -382,7 +383,7 @@ class RolloutConfig:
                         rollout_num_gpus=args.rollout_num_gpus, num_gpus_per_engine=args.rollout_num_gpus_per_engine
                     )
                 )
-            if engine_gpus:
+            if engine_gpus and args.rollout_num_gpus_per_engine >= 1:
                 num_engines = engine_gpus // args.rollout_num_gpus_per_engine
         logger.info("rollout backend: %s (requested %s)", backend, args.rollout_backend)
         engine = problems.collect(
@@ -488,7 +489,7 @@ def engine_gpu_count(
         )
         num_gpus = rollout_num_gpus or 0
     problems.check(
-        not num_gpus or num_gpus % num_gpus_per_engine == 0,
+        not num_gpus or num_gpus_per_engine < 1 or num_gpus % num_gpus_per_engine == 0,  # < 1: EngineConfig's
         f"--rollout-num-gpus {num_gpus} is not a multiple of --rollout-num-gpus-per-engine {num_gpus_per_engine}",
     )
     problems.raise_if_any()

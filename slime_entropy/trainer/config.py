@@ -256,12 +256,6 @@ def resolve_layout(
                 )
                 or 0
             )
-        problems.check(
-            rollout_num_gpus_resolved <= num_gpus_per_node,
-            f"the engines' {rollout_num_gpus_resolved} GPUs exceed one node (--num-gpus-per-node "
-            f"{num_gpus_per_node}): slime_entropy launches engines on one node; start the others yourself and pass "
-            "--rollout-external-engine-addrs",
-        )
     # weight transport
     can_broadcast = pp == 1 and ep == 1 and not (on_gpu and colocate)
     if update_weight_transport == "auto":

@@ -226,6 +226,12 @@ def test_model_and_rank_count_rules_are_reported_once(model_dir, prompts):
         TrainerConfig.from_args(args, on_gpu=True, check_environment=False)  # planned for GPUs from here
     text = str(info.value)
     assert text.count("--rollout-num-gpus is required") == 1, text
+    args = parse_args(_base(model_dir, prompts, "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1",
+                            "--rollout-num-gpus", "16", "--rollout-num-gpus-per-engine", "16"))  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        TrainerConfig.from_args(args, on_gpu=True, check_environment=False)
+    text = str(info.value)
+    assert text.count("exceed one node") == 1 and "multi-node engines are not launched" in text, text
     args = parse_args(_base(model_dir, prompts, "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "2",
                             "--colocate", "--no-offload-train"))  # fmt: skip
     config = TrainerConfig.from_args(args, on_gpu=True, check_environment=False)
