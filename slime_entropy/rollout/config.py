@@ -30,6 +30,7 @@ __all__ = [
     "resolve_backend",
     "sglang_problem",
     "engine_gpu_count",
+    "external_engine_addrs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -366,16 +367,15 @@ class RolloutConfig:
             backend = resolve_backend(args.rollout_backend)
             problems.extend(filter(None, [sglang_problem(args.rollout_backend)]))
         num_engines = args.rollout_num_engines
-        external = tuple(args.rollout_external_engine_addrs or ())
         problems.check(
             (args.sglang_router_ip is None) == (args.sglang_router_port is None),
             "--sglang-router-ip and --sglang-router-port go together; give both or neither",
         )
-        if args.sglang_router_port is not None and args.sglang_router_ip is not None:
-            problems.check(
-                not external, "give either --sglang-router-ip/--sglang-router-port or --rollout-external-engine-addrs"
-            )
-            external = (f"{args.sglang_router_ip}:{args.sglang_router_port}",)
+        problems.check(
+            args.sglang_router_ip is None or not args.rollout_external_engine_addrs,
+            "give either --sglang-router-ip/--sglang-router-port or --rollout-external-engine-addrs",
+        )
+        external = external_engine_addrs(args)
         if backend == "sglang" and not external:
             if engine_gpus is None:
                 engine_gpus = problems.collect(
@@ -464,6 +464,14 @@ class RolloutConfig:
             )
         problems.raise_if_any("rollout arguments")
         return config
+
+
+def external_engine_addrs(args: Namespace) -> tuple[str, ...]:
+    """The engines slime_entropy does not launch: ``--rollout-external-engine-addrs``, or the one address an external
+    router gives (``--sglang-router-ip``/``--sglang-router-port``, which take precedence)."""
+    if args.sglang_router_ip is not None and args.sglang_router_port is not None:
+        return (f"{args.sglang_router_ip}:{args.sglang_router_port}",)
+    return tuple(args.rollout_external_engine_addrs or ())
 
 
 def engine_gpu_count(

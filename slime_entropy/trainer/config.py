@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from slime_entropy.evaluation.config import EvalConfig
 from slime_entropy.problems import Problems
-from slime_entropy.rollout.config import engine_gpu_count, resolve_backend, sglang_problem
+from slime_entropy.rollout.config import engine_gpu_count, external_engine_addrs, resolve_backend, sglang_problem
 
 if TYPE_CHECKING:  # the configs' modules import torch and megatron-core: imported when a config is built
     from slime_entropy.loss.config import LossConfig
@@ -424,7 +424,7 @@ class TrainerConfig:
                 rollout_num_gpus_per_engine=args.rollout_num_gpus_per_engine,
                 num_gpus_per_node=args.num_gpus_per_node,
                 rollout_backend=backend,
-                external_engines=bool(args.rollout_external_engine_addrs or args.sglang_router_ip),
+                external_engines=bool(external_engine_addrs(args)),
                 distributed_backend=args.distributed_backend,
                 update_weight_transport=args.update_weight_transport,
             )
