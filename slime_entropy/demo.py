@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 
 from . import collectives
 from .loss.arguments import add_arguments, add_slime_loss_arguments
+from .rollout.arguments import add_rollout_temperature_argument
 
 VOCAB, HIDDEN = 512, 64
 
@@ -30,6 +31,7 @@ def _loss_args(cli: str, global_batch_size: int) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     add_slime_loss_arguments(parser)
+    add_rollout_temperature_argument(parser)
     parser.add_argument("--global-batch-size", type=int)
     parser.add_argument("--vocab-size", type=int, default=None)
     return parser.parse_args([*cli.split(), "--global-batch-size", str(global_batch_size)])

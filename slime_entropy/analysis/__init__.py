@@ -47,7 +47,7 @@ _HOMES = {
     "summarize": "statistics",
     "compare_models": "overlap",
     "write_report": "report",
-    "ReportOptions": "report",
+    "ReportOptions": "config",
 }
 
 
