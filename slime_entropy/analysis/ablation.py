@@ -37,7 +37,16 @@ import numpy as np
 
 from slime_entropy.analysis.arguments import add_ablation_arguments
 
-__all__ = ["AblationRun", "run_grid", "collect", "summarize_grid", "plot_grid", "main", "t_quantile_975"]
+__all__ = [
+    "AblationRun",
+    "run_grid",
+    "collect",
+    "summarize_grid",
+    "plot_grid",
+    "main",
+    "build_parser",
+    "t_quantile_975",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -421,19 +430,23 @@ def write_outputs(out_dir: str | Path, runs: Sequence[AblationRun], *, window: i
     return {"rows": rows, "table": table}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m slime_entropy.analysis.ablation",
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_ablation_arguments(parser)
+    return add_ablation_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not args.collect_only and not Path(args.train_script).is_file():

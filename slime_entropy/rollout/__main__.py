@@ -19,8 +19,13 @@ from slime_entropy.rollout.manager import RolloutManager
 from slime_entropy.rollout.sglang_options import describe_unknown
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m slime_entropy.rollout", description=__doc__.split("\n\n")[0])
+    return add_smoke_arguments(add_rollout_arguments(parser))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = add_smoke_arguments(add_rollout_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0])))
+    parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error("unrecognized arguments: " + "; ".join(describe_unknown(u) or u for u in unknown))
