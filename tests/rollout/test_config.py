@@ -88,23 +88,6 @@ def test_slime_defaults():
     assert args.rollout_stop == ["a", "b"] and args.apply_chat_template_kwargs == {"enable_thinking": False}
 
 
-def test_the_rollout_flags_other_packages_read_register_alone():
-    """--hf-checkpoint and --rollout-temperature belong to the rollout flags; a parser without them (the Megatron
-    actor's tools, the loss's) registers each from here, with the same definition."""
-    from slime_entropy.rollout.arguments import add_hf_checkpoint_argument, add_rollout_temperature_argument
-
-    parser = argparse.ArgumentParser()
-    add_hf_checkpoint_argument(parser)
-    add_rollout_temperature_argument(parser)
-    alone = parser.parse_args(["--hf-checkpoint", "m", "--rollout-temperature", "0.7"])
-    full = add_rollout_arguments(argparse.ArgumentParser()).parse_args(
-        ["--hf-checkpoint", "m", "--rollout-temperature", "0.7"]
-    )
-    assert (alone.hf_checkpoint, alone.rollout_temperature) == (full.hf_checkpoint, full.rollout_temperature)
-    with pytest.raises(argparse.ArgumentError, match="--hf-checkpoint"):
-        add_rollout_arguments(parser)  # one owner: registering the rollout flags again is a conflict
-
-
 def test_from_args_builds_the_configs(tiny_model_dir, math_prompts):
     config = RolloutConfig.from_args(
         _parse(
