@@ -15,7 +15,8 @@ import logging
 
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import Float16Module
@@ -57,7 +58,7 @@ def build_optimizer(
     ddp_model: DistributedDataParallel, config: TransformerConfig, settings: OptimizerConfig, bf16: bool
 ):
     """Megatron's Adam over the model (distributed over DP ranks when ``settings.use_distributed_optimizer``)."""
-    opt_config = OptimizerConfig(
+    opt_config = MegatronOptimizerConfig(
         optimizer="adam",
         lr=settings.lr,
         min_lr=settings.min_lr,
