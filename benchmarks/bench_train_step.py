@@ -79,14 +79,10 @@ def _samples(opts):
 
 
 def _actor(hf_dir: Path, opts):
-    from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
     from slime_entropy.megatron.actor import MegatronActor
-    from slime_entropy.megatron.arguments import add_megatron_arguments
+    from slime_entropy.megatron.arguments import add_actor_arguments
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    add_slime_loss_arguments(parser)
-    add_megatron_arguments(parser)
+    parser = add_actor_arguments(argparse.ArgumentParser())
     args = parser.parse_args([
         "--hf-checkpoint", str(hf_dir), "--global-batch-size", str(opts.samples), "--micro-batch-size",
         str(opts.micro_batch_size), "--lr", "0", "--make-vocab-size-divisible-by", "1", "--seed", "1",
