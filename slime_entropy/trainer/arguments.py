@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
 from slime_entropy.rollout.sglang_options import describe_unknown
-from slime_entropy.trainer.default_task import EmbeddedSpec
+from slime_entropy.trainer.default_task import DefaultTaskSpec
 
 __all__ = [
     "add_trainer_arguments",
@@ -192,7 +192,7 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         type=int,
         default=None,
         help="(ours) Supervised warm-up steps of the default task's tiny model "
-        f"(default {EmbeddedSpec.sft_steps}; cached per value).",
+        f"(default {DefaultTaskSpec.sft_steps}; cached per value).",
     )
     return parser
 
