@@ -4,10 +4,10 @@
 
 Each concern owns a small dataclass whose ``__post_init__`` validates its own fields: :class:`EngineConfig`,
 :class:`SamplingConfig`, :class:`DataConfig`, :class:`RewardConfig`, :class:`GroupConfig`, and the FR3E mode's
-:class:`Fr3eConfig` (with :func:`samples_per_prompt`, the batch arithmetic's unit). They can be built directly (tests,
-benchmarks, library use) without argparse. How many GPUs the launched SGLang engines take is one rule,
-:func:`engine_gpu_count`, which the trainer's layout asks too (with ``--colocate`` the engines take the training
-GPUs); the trainer hands :meth:`RolloutConfig.from_args` its resolved backend and engine GPUs.
+:class:`Fr3eConfig` (:attr:`RolloutConfig.samples_per_prompt` is the batch arithmetic's unit). They can be built
+directly (tests, benchmarks, library use) without argparse. How many GPUs the launched SGLang engines take is one
+rule, :func:`engine_gpu_count`, which the trainer's layout asks too (with ``--colocate`` the engines take the
+training GPUs); the trainer hands :meth:`RolloutConfig.from_args` its resolved backend and engine GPUs.
 """
 
 from __future__ import annotations
