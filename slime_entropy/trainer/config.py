@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -423,7 +423,9 @@ class TrainerConfig:
             )
         )
         megatron = attempt(
-            lambda: MegatronConfig.from_args(args, world_size=layout.num_train_ranks if layout else None)
+            lambda: MegatronConfig.from_args(
+                args, world_size=layout.num_train_ranks if layout else None, on_gpu=on_gpu
+            )
         )
         batch = None
         if layout is not None and args.rollout_batch_size is not None:  # RolloutConfig reports a missing one
@@ -450,7 +452,8 @@ class TrainerConfig:
         if problems:
             raise ValueError("\n".join(problems))
         if args.global_batch_size is None:
-            args.global_batch_size = batch.global_batch_size  # the actor reads it from args (slime does the same)
+            args.global_batch_size = batch.global_batch_size  # user hooks read it from args (slime does the same)
+        megatron = replace(megatron, batching=replace(megatron.batching, global_batch_size=batch.global_batch_size))
         # decided once, here: the rollout worker may not see the GPUs the way the driver does
         args.rollout_backend = rollout.engine.backend
         run = RunConfig(

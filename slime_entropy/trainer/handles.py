@@ -169,7 +169,9 @@ class TrainRankHandles:
         ]
         refs = [
             actor.setup.remote(
-                self.config.args,
+                self.config.megatron,
+                self.config.loss,
+                hook_args=self.config.args if self.config.loss.custom_loss_function_path else None,
                 master_addr=master_addr,
                 master_port=master_port,
                 num_total_steps=num_total_steps,

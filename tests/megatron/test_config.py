@@ -90,26 +90,28 @@ def test_settings_report_every_problem_at_once(tmp_path):
 
     hf = save_tiny_model("qwen3", tmp_path / "hf")
     with pytest.raises(ValueError, match="--hf-checkpoint is required"):
-        MegatronConfig.from_args(make_args([]))
+        MegatronConfig.from_args(make_args([]), world_size=None, on_gpu=False)
     argv = ["--hf-checkpoint", str(hf), "--sequence-parallel", "--tensor-model-parallel-size", "3",
             "--use-dynamic-batch-size", "--save-interval", "2", "--use-kl-loss", "--lr", "1e-5", "--min-lr", "1e-4",
             "--context-parallel-size", "2", "--optimizer-cpu-offload", "--no-use-distributed-optimizer"]  # fmt: skip
     with pytest.raises(ValueError) as err:
-        MegatronConfig.from_args(make_args(argv), world_size=4)
+        MegatronConfig.from_args(make_args(argv), world_size=4, on_gpu=False)
     message = str(err.value)
     for fragment in (
         "--sequence-parallel is not available on CPU",
-        "--tensor-model-parallel-size 3 must divide the attention heads",
+        "--tensor-model-parallel-size 3 must divide the 4 attention heads",
         "--use-dynamic-batch-size needs --max-tokens-per-gpu",
         "--save-interval needs --save DIR",
         "pass --ref-load",
         "--min-lr (0.0001) must lie in [0, --lr (1e-05)]",
-        "--context-parallel-size 2: context parallelism is not supported",
+        "--context-parallel-size 2: slime_entropy's actor does not support context parallelism",
         "4 training ranks are not a multiple of TP x PP x CP",
         "--optimizer-cpu-offload needs the distributed optimizer",
     ):
         assert fragment in message, (fragment, message)
-    settings = MegatronConfig.from_args(make_args(["--hf-checkpoint", str(hf), "--tensor-model-parallel-size", "2"]))
+    settings = MegatronConfig.from_args(
+        make_args(["--hf-checkpoint", str(hf), "--tensor-model-parallel-size", "2"]), world_size=None, on_gpu=False
+    )
     assert (
         settings.batching.pad_multiple == 256
         and not settings.build.bf16
