@@ -262,10 +262,11 @@ def parallel_size_problems(
         "--expert-model-parallel-size": expert,
         "--expert-tensor-parallel-size": 1 if expert_tensor is None else expert_tensor,
     }
-    too_small = [f"{flag} must be >= 1, got {value}" for flag, value in sizes.items() if value < 1]
-    if too_small:
-        return too_small  # the divisibility rules below mean nothing for sizes < 1
     p = Problems()
+    for flag, value in sizes.items():
+        p.check(value >= 1, f"{flag} must be >= 1, got {value}")
+    if p:
+        return p.messages  # the divisibility rules below mean nothing for sizes < 1
     tp, pp, cp, ep = tensor, pipeline, context, expert
     etp = expert_tensor or tp
     p.check(

@@ -121,6 +121,34 @@ def test_settings_report_every_problem_at_once(tmp_path):
     assert settings.arch.vocab_size == config["vocab_size"]
 
 
+def test_parallel_size_rules_live_in_one_function():
+    from slime_entropy.launch.checks import check_parallel_layout
+    from slime_entropy.launch.memory import ParallelSizes
+    from slime_entropy.megatron.config import parallel_size_problems
+
+    moe = HFArchitecture.from_config_dict(QWEN3_30B_A3B_CONFIG)
+    sizes = dict(tensor=2, pipeline=2, context=1, expert=4, expert_tensor=None, sequence_parallel=True)
+    assert parallel_size_problems(moe, **sizes, world_size=16) == []
+    # 8 ranks, PP 2: 4 ranks per stage cannot hold EP 4 x expert TP 2; 6 ranks are no whole TP x PP replicas
+    assert parallel_size_problems(None, **sizes, world_size=8) == [
+        "--expert-model-parallel-size 4 x expert TP 2 must divide the 4 ranks of a pipeline stage"
+    ]
+    assert "6 training ranks are not a multiple of TP x PP x CP = 2 x 2 x 1" in parallel_size_problems(
+        None, **sizes, world_size=6
+    )[0]
+    assert parallel_size_problems(None, **{**sizes, "tensor": 0}, world_size=8) == [
+        "--tensor-model-parallel-size must be >= 1, got 0"
+    ]
+    # the dry run's layout check reports the actor's rules, word for word
+    bad = dict(sizes, tensor=3, pipeline=5, expert=3)
+    actor_rules = parallel_size_problems(moe, **bad, world_size=None)
+    assert len(actor_rules) == 3
+    layout = ParallelSizes(world_size=16, tensor_parallel_size=3, pipeline_parallel_size=5, expert_parallel_size=3,
+                           sequence_parallel=True)  # fmt: skip
+    launch = check_parallel_layout(moe, layout, num_gpus_per_node=8, rollout_num_gpus_per_engine=1)
+    assert launch[: len(actor_rules)] == actor_rules
+
+
 def test_micro_batch_plans():
     from slime_entropy.megatron.batching import _partition_by_tokens, first_fit_count, plan_micro_batches
 
