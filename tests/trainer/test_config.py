@@ -189,7 +189,7 @@ def test_trainer_config_reports_every_provider_at_once(model_dir, prompts):
     text = str(info.value)
     for expected in (
         "--rollout-top-p must be in (0, 1]",  # rollout
-        "--tensor-model-parallel-size 3 must divide the attention heads",  # megatron
+        "--tensor-model-parallel-size 3 must divide the 4 attention heads",  # megatron
         "--kl-coef 0.1",  # trainer loop
         "--advantage-estimator reinforce_plus_plus is not supported",
         "--eval-interval needs --eval-prompt-data",
