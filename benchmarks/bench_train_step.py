@@ -82,16 +82,12 @@ def _actor(hf_dir: Path, opts):
     """The actor (filter off) and its loss bound with the filter off and on: ``{False: ..., True: ...}``."""
     import torch.distributed as dist
 
-    from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
     from slime_entropy.loss.config import LossConfig
     from slime_entropy.megatron.actor import MegatronActor
-    from slime_entropy.megatron.arguments import add_megatron_arguments
+    from slime_entropy.megatron.arguments import add_actor_arguments
     from slime_entropy.megatron.config import MegatronConfig
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    add_slime_loss_arguments(parser)
-    add_megatron_arguments(parser)
+    parser = add_actor_arguments(argparse.ArgumentParser())
     argv = [
         "--hf-checkpoint", str(hf_dir), "--global-batch-size", str(opts.samples), "--micro-batch-size",
         str(opts.micro_batch_size), "--lr", "0", "--make-vocab-size-divisible-by", "1", "--seed", "1",

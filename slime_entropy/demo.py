@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 
 from . import collectives
 from .loss.arguments import add_arguments, add_slime_loss_arguments
+from .rollout.arguments import add_rollout_temperature_argument
 
 VOCAB, HIDDEN = 512, 64
 
@@ -30,6 +31,7 @@ def _loss_args(cli: str, global_batch_size: int) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     add_slime_loss_arguments(parser)
+    add_rollout_temperature_argument(parser)
     parser.add_argument("--global-batch-size", type=int)
     parser.add_argument("--vocab-size", type=int, default=None)
     return parser.parse_args([*cli.split(), "--global-batch-size", str(global_batch_size)])
@@ -168,11 +170,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tp", type=int, default=2, help="tensor-parallel ranks (gloo processes); must divide 512")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m slime_entropy.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tp", type=int, default=2, help=f"tensor-parallel ranks (gloo processes); must divide {VOCAB}"
+    )
     parser.add_argument("--rho", type=float, nargs="+", default=[1.0, 0.5, 0.2], help="keep fractions to compare")
     parser.add_argument("--steps", type=int, default=20, help="Adam steps per setting")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     options = parser.parse_args(argv)
     if options.tp < 1 or VOCAB % options.tp:
         parser.error(f"--tp must divide the demo vocabulary ({VOCAB}), got {options.tp}")

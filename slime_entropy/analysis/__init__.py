@@ -1,4 +1,4 @@
-"""Entropy analysis (issue 7): where the forking tokens are, in numbers, figures and an HTML page.
+"""Entropy analysis: where the forking tokens are, in numbers, figures and an HTML page.
 
     python -m slime_entropy.analysis --responses eval.jsonl --hf-checkpoint MODEL --out-dir analysis/
 
@@ -47,7 +47,7 @@ _HOMES = {
     "summarize": "statistics",
     "compare_models": "overlap",
     "write_report": "report",
-    "ReportOptions": "report",
+    "ReportOptions": "config",
 }
 
 

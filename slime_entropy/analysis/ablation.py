@@ -35,7 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AblationRun", "run_grid", "collect", "summarize_grid", "plot_grid", "main", "t_quantile_975"]
+from slime_entropy.analysis.arguments import add_ablation_arguments
+
+__all__ = [
+    "AblationRun",
+    "run_grid",
+    "collect",
+    "summarize_grid",
+    "plot_grid",
+    "main",
+    "build_parser",
+    "t_quantile_975",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -419,26 +430,23 @@ def write_outputs(out_dir: str | Path, runs: Sequence[AblationRun], *, window: i
     return {"rows": rows, "table": table}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m slime_entropy.analysis.ablation",
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out-dir", required=True, help="one run directory per (rho, seed) and the results.")
-    parser.add_argument("--rhos", type=float, nargs="+", default=[0.1, 0.2, 0.5, 1.0], help="kept fractions.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="--seed and --rollout-seed values.")
-    parser.add_argument("--train-script", default="train.py", help="the trainer entry point (default: train.py).")
-    parser.add_argument("--run-timeout", type=float, default=7200.0, help="seconds one training run may take.")
-    parser.add_argument("--window", type=int, default=5, help="rollouts averaged for the first/last reward.")
-    parser.add_argument("--smooth", type=int, default=5, help="trailing mean over this many rollouts in the plot.")
-    parser.add_argument("--collect-only", action="store_true", help="do not train; tabulate the runs that exist.")
+    return add_ablation_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not args.collect_only and not Path(args.train_script).is_file():

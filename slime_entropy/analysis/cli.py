@@ -40,13 +40,10 @@ __all__ = ["build_parser", "main", "run_analysis"]
 
 logger = logging.getLogger(__name__)
 
-SCORERS = ("megatron", "transformers")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    from slime_entropy.analysis.statistics import SCOPES
+    from slime_entropy.analysis.arguments import add_analysis_arguments
     from slime_entropy.rollout.arguments import add_rollout_arguments
-
     from slime_entropy.trainer.arguments import ConciseParser
 
     parser = ConciseParser(
@@ -55,70 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = parser.add_argument_group("analysis: inputs and outputs")
-    g.add_argument("--out-dir", required=True, help="directory for the report (created).")
-    g.add_argument("--responses", nargs="+", default=None, metavar="FILE", help="responses files (.jsonl[.gz]).")
-    g.add_argument("--rollout-dump", nargs="+", default=None, metavar="PATH", help="the trainer's rollout dumps.")
-    g.add_argument("--num-prompts", type=int, default=None, help="with --prompt-data: use only the first N prompts.")
-    g.add_argument("--max-responses", type=int, default=None, help="analyse at most this many responses (first).")
-    g.add_argument("--save-scored", action="store_true", help="also write scored_responses.jsonl.gz (re-analysable).")
-    g.add_argument("--title", default=None, help="report title.")
-
-    g = parser.add_argument_group("analysis: models")
-    g.add_argument(
-        "--torch-dist-checkpoint",
-        default=None,
-        help="score with this torch_dist checkpoint (a --save root or iter_*/release dir); --hf-checkpoint gives "
-        "the architecture and tokenizer.",
-    )
-    g.add_argument(
-        "--compare-checkpoints",
-        nargs="+",
-        default=None,
-        metavar="[NAME=]PATH",
-        help="more models (HF dirs or torch_dist checkpoints, e.g. training steps in order) scored on the same "
-        "responses; reports the top-rho position overlap vs the reference and vs the previous one.",
-    )
-    g.add_argument(
-        "--scorer",
-        choices=SCORERS,
-        default="megatron",
-        help="how torch_dist checkpoints are scored: megatron (the trainer's model and kernel) or transformers "
-        "(converted to HF first); HF checkpoints always use transformers.",
-    )
-    g.add_argument(
-        "--megatron-args",
-        default="",
-        help="the trainer's Megatron flags that shape the model, e.g. '--bf16 --make-vocab-size-divisible-by 128' "
-        "(also passed to the torch_dist -> HF converter).",
-    )
-    g.add_argument(
-        "--reference-name",
-        default=None,
-        help="name of the scoring model in the report (default: its directory name), e.g. 'base'.",
-    )
-    g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --hf-checkpoint).")
-    g.add_argument("--rescore", action="store_true", help="score with the model even if the input has entropies.")
-    g.add_argument("--device", default=None, help="transformers scorer device (default: cuda if available).")
-    g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
-    g.add_argument(
-        "--logprob-entropy-backend",
-        choices=("auto", "eager", "compiled", "triton"),
-        default=None,
-        help="fused op backend of the transformers scorer (default: auto on CUDA, eager on CPU).",
-    )
-
-    g = parser.add_argument_group("analysis: statistics and report")
-    g.add_argument("--rho", type=float, default=0.2, help="top fraction kept, as --entropy-percentile (0.2).")
-    g.add_argument(
-        "--scope",
-        choices=SCOPES,
-        default="all",
-        help="population of the top-rho threshold: all analysed tokens, or each response separately.",
-    )
-    g.add_argument("--num-top-tokens", type=int, default=40, help="rows of the token tables / words per cloud.")
-    g.add_argument("--html-max-responses", type=int, default=20, help="responses shown in report.html.")
-    g.add_argument("--html-max-tokens-per-response", type=int, default=3000, help="tokens shown per response.")
+    add_analysis_arguments(parser)
     # The rollout flags: generation for --prompt-data, and --rollout-temperature (the entropy's temperature).
     add_rollout_arguments(parser)
     return parser
@@ -270,21 +204,15 @@ def _load_inputs(args: argparse.Namespace, dump_info) -> list[AnalysisSample]:
 
 def run_analysis(args: argparse.Namespace):
     """The whole command; returns the :class:`~slime_entropy.analysis.report.AnalysisResult`."""
-    from slime_entropy.analysis.report import ReportOptions, write_report
+    from slime_entropy.analysis.config import ReportOptions
+    from slime_entropy.analysis.report import write_report
 
     inputs = [bool(args.responses), bool(args.rollout_dump), args.prompt_data is not None]
     if sum(inputs) != 1:
         raise ValueError("give exactly one input: --responses FILE..., --rollout-dump PATH... or --prompt-data FILE")
     if args.torch_dist_checkpoint is not None and args.hf_checkpoint is None:
         raise ValueError("--torch-dist-checkpoint needs --hf-checkpoint (its architecture and tokenizer)")
-    options = ReportOptions(
-        rho=args.rho,
-        scope=args.scope,
-        num_top_tokens=args.num_top_tokens,
-        html_max_responses=args.html_max_responses,
-        html_max_tokens_per_response=args.html_max_tokens_per_response,
-        title=args.title or "Token entropy analysis",
-    )
+    options = ReportOptions.from_args(args)
     dump_info = None
     if args.rollout_dump:
         from slime_entropy.analysis.dump_adapter import DumpInfo

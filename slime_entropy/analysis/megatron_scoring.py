@@ -42,15 +42,11 @@ class MegatronScorer:
     ):
         import argparse
 
-        from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
         from slime_entropy.megatron import cpu_shim
-        from slime_entropy.megatron.arguments import add_megatron_arguments
+        from slime_entropy.megatron.arguments import add_actor_arguments
 
         self.name = str(checkpoint)
-        parser = argparse.ArgumentParser(prog="megatron scorer")
-        add_arguments(parser)
-        add_slime_loss_arguments(parser)
-        add_megatron_arguments(parser)
+        parser = add_actor_arguments(argparse.ArgumentParser(prog="megatron scorer"))
         argv = ["--hf-checkpoint", str(hf_checkpoint), "--rollout-temperature", repr(float(temperature))]
         try:
             self.args = parser.parse_args(argv + list(megatron_args))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slime_entropy.analysis.config import ReportOptions
 from slime_entropy.analysis.html_report import ColourScale, render_html, table_html
 from slime_entropy.analysis.overlap import OverlapResult, compare_models
 from slime_entropy.analysis.plots import plot_entropy_histogram, plot_group_trends, plot_token_cloud
@@ -45,25 +46,6 @@ from slime_entropy.analysis.tokens import TokenCount, TokenLabeler, text_pieces,
 __all__ = ["ReportOptions", "AnalysisResult", "analyse", "write_report"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReportOptions:
-    rho: float = 0.2
-    scope: str = "all"
-    num_top_tokens: int = 40
-    html_max_responses: int = 20
-    html_max_tokens_per_response: int = 3000
-    title: str = "Token entropy analysis"
-
-    def __post_init__(self):
-        from slime_entropy.ops.selection import num_kept_for
-
-        num_kept_for(1, self.rho)  # validates rho in (0, 1]
-        if self.num_top_tokens < 1:
-            raise ValueError(f"--num-top-tokens must be >= 1, got {self.num_top_tokens}")
-        if self.html_max_responses < 0 or self.html_max_tokens_per_response < 1:
-            raise ValueError("--html-max-responses must be >= 0 and --html-max-tokens-per-response >= 1")
 
 
 @dataclass

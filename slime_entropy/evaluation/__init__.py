@@ -1,4 +1,4 @@
-"""Evaluation (issue 7): avg@n and pass@k of the engines' current weights on eval sets, in training or standalone.
+"""Evaluation: avg@n and pass@k of the engines' current weights on eval sets, in training or standalone.
 
     from slime_entropy.evaluation import Evaluator, add_eval_arguments
 

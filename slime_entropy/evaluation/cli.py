@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from slime_entropy.evaluation.arguments import add_eval_arguments
+    from slime_entropy.evaluation.arguments import add_checkpoint_arguments, add_eval_arguments
     from slime_entropy.rollout.arguments import add_rollout_arguments
 
     parser = argparse.ArgumentParser(
@@ -42,27 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_rollout_arguments(parser)
     add_eval_arguments(parser)
-    g = parser.add_argument_group("checkpoint")
-    g.add_argument(
-        "--torch-dist-checkpoint",
-        default=None,
-        help="evaluate this torch_dist checkpoint (a --save root or an iter_*/release directory) instead of the "
-        "--hf-checkpoint weights; it is converted to HF first (architecture and tokenizer from --hf-checkpoint).",
-    )
-    g.add_argument(
-        "--convert-args",
-        default="",
-        help="extra flags for the torch_dist -> HF converter that must match training, e.g. "
-        "'--make-vocab-size-divisible-by 1'.",
-    )
-    g.add_argument("--convert-timeout", type=float, default=3600.0, help="seconds the conversion may take.")
-    g.add_argument(
-        "--rollout-id",
-        type=int,
-        default=0,
-        help="label of this evaluation in the --eval-output-dir file names (e.g. the training step).",
-    )
-    g.add_argument("--metrics-json", default=None, help="write the metrics to this JSON file.")
+    add_checkpoint_arguments(parser)
     return parser
 
 

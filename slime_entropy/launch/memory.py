@@ -76,6 +76,7 @@ from slime_entropy.megatron.architecture import HFArchitecture, padded_vocab_siz
 __all__ = [
     "GiB",
     "DEFAULT_RESERVE_GIB",
+    "DEFAULT_GPU_MEMORY_GIB",
     "DEFAULT_SGLANG_MEM_FRACTION",
     "ParallelSizes",
     "RankParameters",
@@ -91,6 +92,7 @@ __all__ = [
 
 GiB = 1 << 30
 DEFAULT_RESERVE_GIB = 4.0
+DEFAULT_GPU_MEMORY_GIB = 80.0  # the GPU a plan is checked against unless --plan-gpu-memory-gib says otherwise
 DEFAULT_SGLANG_MEM_FRACTION = 0.9  # SGLang's own default for --mem-fraction-static on large GPUs
 
 

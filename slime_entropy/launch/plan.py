@@ -23,8 +23,8 @@ data or evaluation files, torch_memory_saver or wandb not installed there are wa
 Target. The plan is for CUDA GPUs with bf16 (``--no-bf16`` aside) and SGLang engines, whatever machine runs the dry
 run, except for the built-in default task and runs asking for the built-in engine or gloo (``--rollout-backend
 builtin``, ``--distributed-backend gloo``), which are planned as CPU runs. ``--plan-gpu-memory-gib`` (default 80) and
-``--plan-memory-reserve-gib`` (default 4) set the GPU size and the runtime allowance (:func:`add_plan_arguments`
-registers them; without them the defaults apply).
+``--plan-memory-reserve-gib`` (default 4) set the GPU size and the runtime allowance
+(``slime_entropy.launch.arguments.add_plan_arguments`` registers them; without them the defaults apply).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slime_entropy.loss.arguments import has_option
 from slime_entropy.launch.checks import MicroBatchPlan, TokenBudget, check_parallel_layout, plan_micro_batches
 from slime_entropy.launch.memory import (
+    DEFAULT_GPU_MEMORY_GIB,
     DEFAULT_RESERVE_GIB,
     GiB,
     ParallelSizes,
@@ -52,39 +52,11 @@ from slime_entropy.launch.memory import (
     total_parameters,
 )
 from slime_entropy.megatron.architecture import HFArchitecture, check_model_args, padded_vocab_size
-from slime_entropy.rollout.fr3e_arguments import samples_per_prompt
+from slime_entropy.rollout.config import samples_per_prompt
 
-__all__ = ["Plan", "CheckpointStatus", "plan_from_args", "add_plan_arguments", "DEFAULT_GPU_MEMORY_GIB"]
+__all__ = ["Plan", "CheckpointStatus", "plan_from_args"]
 
-DEFAULT_GPU_MEMORY_GIB = 80.0
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"  # Megatron's, as slime_entropy.megatron.checkpoint writes it
-
-
-def add_plan_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Register the dry-run planner's flags (``--dry-run`` only if the parser lacks it) and return the parser."""
-    g = parser.add_argument_group("dry run (slime_entropy.launch.plan)")
-    if not has_option(parser, "--dry-run"):
-        g.add_argument(
-            "--dry-run",
-            action="store_true",
-            help="Resolve and check everything (layout, batch arithmetic, MODEL_ARGS vs config.json, memory per GPU), "
-            "print the plan and exit without starting anything.",
-        )
-    g.add_argument(
-        "--plan-gpu-memory-gib",
-        type=float,
-        default=DEFAULT_GPU_MEMORY_GIB,
-        help="(ours) memory of one GPU the dry-run plan is checked against, in GiB (80 for H100/A100-80GB, 141 for "
-        "H200)",
-    )
-    g.add_argument(
-        "--plan-memory-reserve-gib",
-        type=float,
-        default=DEFAULT_RESERVE_GIB,
-        help="(ours) per-GPU allowance for the CUDA context, NCCL, workspaces and fragmentation in the dry-run "
-        "estimate, in GiB",
-    )
-    return parser
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ import socket
 import sys
 import time
 
-__all__ = ["wait_for_port", "wait_for_cluster", "main"]
+from slime_entropy.launch.arguments import add_ray_wait_arguments
+
+__all__ = ["wait_for_port", "wait_for_cluster", "build_parser", "main"]
 
 
 def wait_for_port(host: str, port: int, deadline: float, poll: float = 0.5) -> bool:
@@ -69,14 +71,15 @@ def wait_for_cluster(address: str, num_nodes: int, gpus_per_node: int, timeout: 
         ray.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m slime_entropy.launch.ray_cluster")
     commands = parser.add_subparsers(dest="command", required=True)
-    wait = commands.add_parser("wait", help="wait until the cluster has all its nodes and GPUs")
-    wait.add_argument("--address", required=True, help="GCS address host:port")
-    wait.add_argument("--nodes", type=int, required=True)
-    wait.add_argument("--gpus-per-node", type=int, required=True)
-    wait.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    add_ray_wait_arguments(commands.add_parser("wait", help="wait until the cluster has all its nodes and GPUs"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.nodes < 1 or args.gpus_per_node < 0 or args.timeout <= 0 or ":" not in args.address:
         parser.error("need --nodes >= 1, --gpus-per-node >= 0, --timeout > 0 and --address host:port")

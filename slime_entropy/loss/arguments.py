@@ -1,4 +1,4 @@
-"""Command-line flags.
+"""Command-line flags of the loss (their frozen configs: ``slime_entropy.loss.config``).
 
 ``add_arguments(parser)`` registers the flags this project adds to slime's loss. It follows slime's
 ``parse_args(add_custom_arguments=...)`` contract: it takes the parser and returns it, and it never registers a
@@ -9,37 +9,35 @@ flag slime already owns (argparse would reject the duplicate). Inside a slime in
     args = parse_args(add_custom_arguments=slime_entropy.add_arguments)
 
 ``add_slime_loss_arguments(parser)`` registers the subset of slime's own loss flags (same names, same defaults)
-for use *without* slime: our trainer and the tests. Never call it on a slime parser.
+for use *without* slime: our trainer and the tests. Never call it on a slime parser. The loss also reads
+``--rollout-temperature``, which the rollout package owns (the engines sample with it): a parser without the
+rollout flags adds it with ``slime_entropy.rollout.arguments.add_rollout_temperature_argument``.
 
 Flags whose meaning depends on another flag default to ``None`` so that ``config.py`` can reject them when they
-would silently do nothing (e.g. ``--entropy-percentile`` without ``--high-entropy-token-filter``).
+would silently do nothing (e.g. ``--entropy-percentile`` without ``--high-entropy-token-filter``); their help text
+quotes the default from the config's dataclass, the one place it is written.
 """
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = [
-    "add_arguments",
-    "add_slime_loss_arguments",
-    "has_option",
-    "DEFAULT_ENTROPY_PERCENTILE",
-    "POLICY_LOSS_MODES",
-]
+from .config import (
+    DENOMINATORS,
+    KL_LOSS_TYPES,
+    LOGPROB_ENTROPY_BACKENDS,
+    POLICY_LOSS_MODES,
+    SELECTION_METHODS,
+    THRESHOLD_SCOPES,
+    EntropyFilterConfig,
+    PolicyLossConfig,
+)
 
-DEFAULT_ENTROPY_PERCENTILE = 0.2
-POLICY_LOSS_MODES = ("auto", "ppo", "gspo", "gpg", "clip_cov", "kl_cov", "gmpo", "cispo")
-THRESHOLD_SCOPES = ("dp", "local", "step")
-DENOMINATORS = ("kept", "all")
-SELECTION_METHODS = ("radix", "allgather")
-LOGPROB_ENTROPY_BACKENDS = ("auto", "eager", "compiled", "triton")
-KL_LOSS_TYPES = ("kl", "k1", "k2", "k3", "low_var_kl")
+__all__ = ["add_arguments", "add_slime_loss_arguments", "DEFAULT_ENTROPY_PERCENTILE"]
 
 
-def has_option(parser: argparse.ArgumentParser, flag: str) -> bool:
-    """Whether ``flag`` is registered on ``parser``: flags shared by several argument providers (the loss, the
-    rollout side, the Megatron actor) are added by whichever provider runs first."""
-    return flag in parser._option_string_actions  # argparse has no public lookup
+# A dataclass field's default is also its class attribute: the help text reads it from the config.
+DEFAULT_ENTROPY_PERCENTILE = EntropyFilterConfig.keep_fraction
 
 
 def _fraction_in_unit_interval(flag: str):
@@ -53,19 +51,6 @@ def _fraction_in_unit_interval(flag: str):
                 f"{flag} is the fraction of valid response tokens to KEEP and must lie in (0, 1] "
                 f"(0.2 keeps the top 20% by entropy); got {text}"
             )
-        return value
-
-    return parse
-
-
-def _positive_float(flag: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number, got {text!r}") from None
-        if not value > 0.0:
-            raise argparse.ArgumentTypeError(f"{flag} must be > 0, got {text}")
         return value
 
     return parse
@@ -85,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=_fraction_in_unit_interval("--entropy-percentile"),
         default=None,
         metavar="RHO",
-        help=f"Fraction of valid response tokens KEPT, in (0, 1] (default {DEFAULT_ENTROPY_PERCENTILE}: the top 20%% "
-        "by entropy, i.e. the threshold sits at the 80th percentile). With N valid tokens in the population, "
+        help=f"Fraction of valid response tokens KEPT, in (0, 1] (default {DEFAULT_ENTROPY_PERCENTILE:g}: the top "
+        f"{DEFAULT_ENTROPY_PERCENTILE * 100:g}%% by entropy, i.e. the threshold sits at the "
+        f"{(1 - DEFAULT_ENTROPY_PERCENTILE) * 100:g}th percentile). With N valid tokens in the population, "
         "k = ceil(rho*N) and the threshold is the k-th largest entropy; ties at the threshold are kept. "
         "Needs --high-entropy-token-filter.",
     )
@@ -94,19 +80,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--entropy-threshold-scope",
         choices=THRESHOLD_SCOPES,
         default=None,
-        help="Population the threshold is taken over: 'dp' (default) = this micro-batch's valid tokens on all "
-        "data- and context-parallel ranks; 'local' = this data-parallel rank's micro-batch only (context-parallel "
-        "ranks of one replica still agree), as in the paper's code; 'step' = the whole global batch, from the "
-        "old-policy entropies, computed once per optimizer step by slime_entropy's trainer (one threshold per batch, "
-        "independent of micro-batching and layout; not available through slime's custom-loss hook).",
+        help="Population the threshold is taken over: 'dp' = this micro-batch's valid tokens on all data- and "
+        "context-parallel ranks; 'local' = this data-parallel rank's micro-batch only (context-parallel ranks of one "
+        "replica still agree), as in the paper's code; 'step' = the whole global batch, from the old-policy "
+        "entropies, computed once per optimizer step by slime_entropy's trainer (one threshold per batch, "
+        "independent of micro-batching and layout; not available through slime's custom-loss hook). "
+        f"Default: {EntropyFilterConfig.threshold_scope!r}.",
     )
     group.add_argument(
         "--entropy-filter-denominator",
         choices=DENOMINATORS,
         default=None,
-        help="'kept' (default): per-sample means run over the kept tokens (sum_of_sample_mean rebuilt from the "
-        "filtered mask; a sample with no kept token contributes 0). 'all': keep the original denominators, so the "
-        "policy-gradient term shrinks by about rho (the paper's Eq. 6, TRL).",
+        help="'kept': per-sample means run over the kept tokens (sum_of_sample_mean rebuilt from the filtered mask; "
+        "a sample with no kept token contributes 0). 'all': keep the original denominators, so the policy-gradient "
+        f"term shrinks by about rho (the paper's Eq. 6, TRL). Default: {EntropyFilterConfig.denominator!r}.",
     )
     group.add_argument(
         "--entropy-filter-mask-entropy-loss",
@@ -123,8 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--entropy-selection-method",
         choices=SELECTION_METHODS,
         default=None,
-        help="How the threshold is found across ranks: 'radix' (default; exact, 3 small all-reduces of histogram "
-        "counts) or 'allgather' (gathers every entropy; baseline).",
+        help="How the threshold is found across ranks: 'radix' (exact, 3 small all-reduces of histogram counts) or "
+        f"'allgather' (gathers every entropy; baseline). Default: {EntropyFilterConfig.selection_method!r}.",
     )
 
     group = parser.add_argument_group("slime_entropy: policy loss")
@@ -148,34 +135,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--clip-cov-ratio",
         type=float,
         default=None,
-        help="clip_cov: fraction of tokens whose gradient is detached (default 2e-4).",
+        help="clip_cov: fraction of tokens whose gradient is detached "
+        f"(default {PolicyLossConfig.clip_cov_ratio:g}).",
     )
     group.add_argument(
-        "--clip-cov-lb", type=float, default=None, help="clip_cov: covariance lower bound (default 1.0)."
+        "--clip-cov-lb",
+        type=float,
+        default=None,
+        help=f"clip_cov: covariance lower bound (default {PolicyLossConfig.clip_cov_lb:g}).",
     )
     group.add_argument(
-        "--clip-cov-ub", type=float, default=None, help="clip_cov: covariance upper bound (default 5.0)."
+        "--clip-cov-ub",
+        type=float,
+        default=None,
+        help=f"clip_cov: covariance upper bound (default {PolicyLossConfig.clip_cov_ub:g}).",
     )
     group.add_argument(
         "--kl-cov-ratio",
         type=float,
         default=None,
-        help="kl_cov: fraction of tokens with the KL penalty (default 2e-4).",
+        help=f"kl_cov: fraction of tokens with the KL penalty (default {PolicyLossConfig.kl_cov_ratio:g}).",
     )
     group.add_argument(
-        "--kl-cov-coef", type=float, default=None, help="kl_cov: coefficient of |logp - old| (default 1.0)."
+        "--kl-cov-coef",
+        type=float,
+        default=None,
+        help=f"kl_cov: coefficient of |logp - old| (default {PolicyLossConfig.kl_cov_coef:g}).",
     )
     group.add_argument(
         "--entropy-advantage-alpha",
         type=float,
         default=0.0,
-        help="Entropy advantage shaping (arXiv 2506.14758): A + min(alpha*H.detach(), |A|/kappa). 0 (default) = off.",
+        help="Entropy advantage shaping (arXiv 2506.14758): A + min(alpha*H.detach(), |A|/kappa). "
+        "%(default)g (default) = off.",
     )
     group.add_argument(
         "--entropy-advantage-kappa",
         type=float,
         default=None,
-        help="Shaping cap divisor kappa >= 1 (default 2); the sign of A never flips. Needs --entropy-advantage-alpha.",
+        help=f"Shaping cap divisor kappa >= 1 (default {PolicyLossConfig.advantage_kappa:g}); the sign of A never "
+        "flips. Needs --entropy-advantage-alpha.",
     )
 
     group = parser.add_argument_group("slime_entropy: kernels")
@@ -204,13 +203,6 @@ def add_slime_loss_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         choices=("grpo", "gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "cispo"),
         default="grpo",
     )
-    if not has_option(parser, "--rollout-temperature"):  # shared with the rollout side
-        group.add_argument(
-            "--rollout-temperature",
-            type=_positive_float("--rollout-temperature"),
-            default=1.0,
-            help="Sampling temperature; the training logits are divided by it too.",
-        )
     group.add_argument("--eps-clip", type=float, default=0.2)
     group.add_argument("--eps-clip-high", type=float, default=None, help="Defaults to --eps-clip.")
     group.add_argument("--entropy-coef", type=float, default=0.0)

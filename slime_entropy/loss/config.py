@@ -14,11 +14,28 @@ from typing import Literal
 
 from slime_entropy.problems import Problems
 
-from .arguments import DEFAULT_ENTROPY_PERCENTILE, KL_LOSS_TYPES, POLICY_LOSS_MODES
-
-__all__ = ["EntropyFilterConfig", "PolicyLossConfig", "KernelConfig", "LossConfig"]
+__all__ = [
+    "EntropyFilterConfig",
+    "PolicyLossConfig",
+    "KernelConfig",
+    "LossConfig",
+    "POLICY_LOSS_MODES",
+    "THRESHOLD_SCOPES",
+    "DENOMINATORS",
+    "SELECTION_METHODS",
+    "LOGPROB_ENTROPY_BACKENDS",
+    "KL_LOSS_TYPES",
+]
 
 logger = logging.getLogger(__name__)
+
+# The choices of the loss flags (``arguments.py`` registers them; the configs below check against them).
+POLICY_LOSS_MODES = ("auto", "ppo", "gspo", "gpg", "clip_cov", "kl_cov", "gmpo", "cispo")
+THRESHOLD_SCOPES = ("dp", "local", "step")
+DENOMINATORS = ("kept", "all")
+SELECTION_METHODS = ("radix", "allgather")
+LOGPROB_ENTROPY_BACKENDS = ("auto", "eager", "compiled", "triton")
+KL_LOSS_TYPES = ("kl", "k1", "k2", "k3", "low_var_kl")
 
 # dest -> flag, for the flags add_arguments() registers; used to explain a Namespace that lacks them.
 _OUR_FLAGS = {
@@ -74,7 +91,7 @@ class EntropyFilterConfig:
     """
 
     enabled: bool = False
-    keep_fraction: float = DEFAULT_ENTROPY_PERCENTILE
+    keep_fraction: float = 0.2
     threshold_scope: Literal["dp", "local", "step"] = "dp"
     denominator: Literal["kept", "all"] = "kept"
     mask_entropy_loss: bool = False
@@ -88,11 +105,11 @@ class EntropyFilterConfig:
             f"--entropy-percentile must lie in (0, 1] (fraction of tokens kept), got {self.keep_fraction}",
         )
         problems.check(
-            self.threshold_scope in ("dp", "local", "step"), f"--entropy-threshold-scope: {self.threshold_scope!r}"
+            self.threshold_scope in THRESHOLD_SCOPES, f"--entropy-threshold-scope: {self.threshold_scope!r}"
         )
-        problems.check(self.denominator in ("kept", "all"), f"--entropy-filter-denominator: {self.denominator!r}")
+        problems.check(self.denominator in DENOMINATORS, f"--entropy-filter-denominator: {self.denominator!r}")
         problems.check(
-            self.selection_method in ("radix", "allgather"), f"--entropy-selection-method: {self.selection_method!r}"
+            self.selection_method in SELECTION_METHODS, f"--entropy-selection-method: {self.selection_method!r}"
         )
         problems.raise_if_any("entropy filter configuration")
 
@@ -200,9 +217,7 @@ class KernelConfig:
 
     def __post_init__(self) -> None:
         problems = Problems()
-        problems.check(
-            self.backend in ("auto", "eager", "compiled", "triton"), f"--logprob-entropy-backend: {self.backend!r}"
-        )
+        problems.check(self.backend in LOGPROB_ENTROPY_BACKENDS, f"--logprob-entropy-backend: {self.backend!r}")
         problems.check(
             self.chunk_rows is None or self.chunk_rows > 0,
             f"--logprob-entropy-chunk-rows must be positive, got {self.chunk_rows}",
@@ -236,9 +251,14 @@ class LossConfig:
             )
         missing_slime = [flag for dest, flag in _SLIME_FLAGS.items() if not hasattr(args, dest)]
         if missing_slime:
+            owners = []  # the rollout package owns --rollout-temperature (the engines sample with it)
+            if set(missing_slime) - {"--rollout-temperature"}:
+                owners.append("slime_entropy.loss.arguments.add_slime_loss_arguments(parser)")
+            if "--rollout-temperature" in missing_slime:
+                owners.append("slime_entropy.rollout.arguments.add_rollout_temperature_argument(parser)")
             raise ValueError(
                 f"args lacks slime's loss flags ({', '.join(missing_slime)}). Outside slime, register them with "
-                "slime_entropy.loss.arguments.add_slime_loss_arguments(parser)."
+                f"{' and '.join(owners)}."
             )
 
         problems = Problems()

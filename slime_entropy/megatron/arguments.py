@@ -1,11 +1,12 @@
 """The Megatron and slime training flags the actor reads (their frozen configs: ``slime_entropy.megatron.config``).
 
 ``add_megatron_arguments(parser) -> parser`` registers Megatron's own spellings (slime users pass them unchanged:
-``MODEL_ARGS``, ``--tensor-model-parallel-size``, ``--lr`` ...) plus slime's actor/checkpoint flags
-(``--hf-checkpoint``, ``--ref-load``, ``--save-hf``, ``--use-dynamic-batch-size`` ...). It registers none of the loss
-flags (``slime_entropy.loss.arguments`` owns those, including ``--calculate-per-token-loss``, ``--use-kl-loss``,
-``--rollout-temperature``) and not ``--kl-coef`` (reward side; read here when present). ``--hf-checkpoint`` is shared
-with the rollout flags and registered by whichever provider runs first.
+``MODEL_ARGS``, ``--tensor-model-parallel-size``, ``--lr`` ...) plus slime's actor/checkpoint flags (``--ref-load``,
+``--save-hf``, ``--use-dynamic-batch-size`` ...). The actor also reads flags other packages own: the loss flags
+(``slime_entropy.loss.arguments``, including ``--calculate-per-token-loss`` and ``--use-kl-loss``),
+``--hf-checkpoint`` and ``--rollout-temperature`` (``slime_entropy.rollout.arguments``), and ``--kl-coef`` (the
+trainer's; read here when present). :func:`add_actor_arguments` composes all of them, each from its owner, for tools
+that run the actor without train.py.
 
 Defaults follow slime where slime overrides Megatron (``--seed 1234``, ``--micro-batch-size 1``, distributed
 optimizer on, ``--clip-grad 1.0``).
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from slime_entropy.loss.arguments import has_option
-
-__all__ = ["add_megatron_arguments", "LR_DECAY_STYLES"]
+__all__ = ["add_megatron_arguments", "add_actor_arguments", "add_torch_dist_to_hf_arguments", "LR_DECAY_STYLES"]
 
 LR_DECAY_STYLES = ("constant", "cosine", "linear")
 
@@ -140,9 +139,7 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="The packed stream is padded to a multiple of TP x this (slime: 128).",
     )
 
-    g = parser.add_argument_group("slime: checkpoints")
-    if not has_option(parser, "--hf-checkpoint"):  # shared with the rollout side, whichever registers first
-        g.add_argument("--hf-checkpoint", default=None, help="HF model directory: architecture, tokenizer, weights.")
+    g = parser.add_argument_group("slime: checkpoints (--hf-checkpoint: the rollout flags)")
     g.add_argument("--load", default=None, help="torch_dist checkpoint directory to resume from.")
     g.add_argument("--save", default=None, help="torch_dist checkpoint directory to save to.")
     g.add_argument("--save-interval", type=int, default=None, help="Save every N rollouts.")
@@ -158,4 +155,33 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--no-load-rng", action="store_true")
     g.add_argument("--finetune", action="store_true", help="Load weights only and restart the iteration count.")
     g.add_argument("--ckpt-format", choices=("torch_dist",), default="torch_dist")
+    return parser
+
+
+def add_actor_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every flag the Megatron actor reads, each registered by its owner: the loss flags (ours and slime's), the
+    Megatron flags, ``--hf-checkpoint`` and ``--rollout-temperature``. For tools that build the actor without the
+    trainer's parser (scoring, benchmarks, tests); train.py composes the full providers instead."""
+    from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
+    from slime_entropy.rollout.arguments import add_hf_checkpoint_argument, add_rollout_temperature_argument
+
+    add_arguments(parser)
+    add_slime_loss_arguments(parser)
+    add_megatron_arguments(parser)
+    add_hf_checkpoint_argument(parser)
+    add_rollout_temperature_argument(parser)
+    return parser
+
+
+def add_torch_dist_to_hf_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The converter's ``torch-dist-to-hf`` flags beyond the Megatron ones (``slime_entropy.megatron.convert``)."""
+    parser.add_argument("--input-dir", required=True, help="checkpoint root (follows its tracker) or iter_* dir")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--origin-hf-dir", required=True, help="HF directory of the model (config, tokenizer)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="dtype of the written weights (default: the origin config's)",
+    )
     return parser

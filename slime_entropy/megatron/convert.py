@@ -77,23 +77,17 @@ def torch_dist_to_hf(args: argparse.Namespace) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from slime_entropy.megatron.arguments import add_megatron_arguments
+    from slime_entropy.megatron.arguments import add_megatron_arguments, add_torch_dist_to_hf_arguments
+    from slime_entropy.rollout.arguments import add_hf_checkpoint_argument
 
     parser = argparse.ArgumentParser(prog="slime-entropy-convert", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     to_dist = commands.add_parser("hf-to-torch-dist", help="HF safetensors -> torch_dist (<save>/release)")
-    add_megatron_arguments(to_dist)
     to_hf = commands.add_parser("torch-dist-to-hf", help="torch_dist -> HF safetensors + config + tokenizer")
-    add_megatron_arguments(to_hf)
-    to_hf.add_argument("--input-dir", required=True, help="checkpoint root (follows its tracker) or iter_* dir")
-    to_hf.add_argument("--output-dir", required=True)
-    to_hf.add_argument("--origin-hf-dir", required=True, help="HF directory of the model (config, tokenizer)")
-    to_hf.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default=None,
-        help="dtype of the written weights (default: the origin config's)",
-    )
+    for command in (to_dist, to_hf):
+        add_megatron_arguments(command)
+        add_hf_checkpoint_argument(command)
+    add_torch_dist_to_hf_arguments(to_hf)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Rollout generation (issue 4): engines behind SGLang's HTTP API, prompt data, rewards, group sampling, DP batches.
+"""Rollout generation: engines behind SGLang's HTTP API, prompt data, rewards, group sampling, DP batches.
 
     from slime_entropy.rollout import RolloutManager, add_rollout_arguments
 

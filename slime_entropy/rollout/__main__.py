@@ -14,14 +14,18 @@ import argparse
 import json
 import logging
 
-from slime_entropy.rollout.arguments import add_rollout_arguments
+from slime_entropy.rollout.arguments import add_rollout_arguments, add_smoke_arguments
 from slime_entropy.rollout.manager import RolloutManager
 from slime_entropy.rollout.sglang_options import describe_unknown
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m slime_entropy.rollout", description=__doc__.split("\n\n")[0])
+    return add_smoke_arguments(add_rollout_arguments(parser))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = add_rollout_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
-    parser.add_argument("--smoke-dp-size", type=int, default=1, help="split each rollout for this many DP ranks")
+    parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error("unrecognized arguments: " + "; ".join(describe_unknown(u) or u for u in unknown))

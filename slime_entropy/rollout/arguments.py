@@ -1,12 +1,14 @@
-"""``add_rollout_arguments(parser) -> parser``: the rollout flags, with slime's names and defaults.
+"""``add_rollout_arguments(parser) -> parser``: the rollout flags, with slime's names and defaults (their frozen
+configs: ``slime_entropy.rollout.config``).
 
 Flags that also exist in slime keep slime's name, type and default. Flags this project adds are marked "(ours)" in
 their help. Turn the parsed namespace into validated config objects once, with
 :meth:`slime_entropy.rollout.config.RolloutConfig.from_args`.
 
-``--hf-checkpoint``, ``--rollout-temperature``, ``--rollout-num-gpus`` and ``--num-gpus-per-node`` are shared with
-the training side (``slime_entropy.megatron.arguments``, ``slime_entropy.loss.arguments``); they are added only if the
-parser does not have them yet, so the order in which argument providers run does not matter.
+The rollout package owns ``--hf-checkpoint`` (the engines load the model from it) and ``--rollout-temperature`` (the
+engines sample with it); the Megatron actor and the loss read them from the composed namespace. A parser without the
+rollout flags that needs one of them registers it from here: :func:`add_hf_checkpoint_argument`,
+:func:`add_rollout_temperature_argument`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,38 @@ from __future__ import annotations
 import argparse
 import json
 
-from slime_entropy.loss.arguments import has_option
-from slime_entropy.rollout.fr3e_arguments import add_fr3e_arguments
+from slime_entropy.rollout.config import ANCHOR_SCORES, MODULATIONS, NORMALIZATION_SCOPES, Fr3eConfig
 from slime_entropy.rollout.sglang_options import register_passthrough
 
-__all__ = ["add_rollout_arguments"]
+__all__ = [
+    "add_rollout_arguments",
+    "add_hf_checkpoint_argument",
+    "add_rollout_temperature_argument",
+    "add_fr3e_arguments",
+    "add_smoke_arguments",
+]
+
+
+def add_hf_checkpoint_argument(parser) -> None:
+    """Register ``--hf-checkpoint`` on ``parser`` (or an argument group), for parsers without the rollout flags."""
+    parser.add_argument(
+        "--hf-checkpoint",
+        type=str,
+        default=None,
+        help="HF checkpoint directory: the model's architecture, tokenizer and initial weights (engines and "
+        "training).",
+    )
+
+
+def add_rollout_temperature_argument(parser) -> None:
+    """Register ``--rollout-temperature`` on ``parser`` (or an argument group), for parsers without the rollout
+    flags (the loss reads it: the trainer divides its logits by it). Checked (> 0) by the configs that use it."""
+    parser.add_argument(
+        "--rollout-temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature; the trainer also divides its logits by it.",
+    )
 
 
 def _json_object(text: str) -> dict:
@@ -30,17 +59,9 @@ def _json_object(text: str) -> dict:
 
 def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("rollout engines")
-    if not has_option(parser, "--hf-checkpoint"):
-        g.add_argument(
-            "--hf-checkpoint",
-            type=str,
-            default=None,
-            help="HF checkpoint directory: engine initial weights and the tokenizer.",
-        )
-    if not has_option(parser, "--rollout-num-gpus"):
-        g.add_argument("--rollout-num-gpus", type=int, default=None, help="GPUs for SGLang engines in total.")
-    if not has_option(parser, "--num-gpus-per-node"):
-        g.add_argument("--num-gpus-per-node", type=int, default=8, help="GPUs per node.")
+    add_hf_checkpoint_argument(g)
+    g.add_argument("--rollout-num-gpus", type=int, default=None, help="GPUs for SGLang engines in total.")
+    g.add_argument("--num-gpus-per-node", type=int, default=8, help="GPUs per node.")
     g.add_argument(
         "--rollout-backend",
         choices=("auto", "sglang", "builtin"),
@@ -126,13 +147,7 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("rollout sampling")
-    if not has_option(parser, "--rollout-temperature"):  # also registered by slime_entropy.loss.arguments (the loss)
-        g.add_argument(
-            "--rollout-temperature",
-            type=float,
-            default=1.0,
-            help="sampling temperature; the trainer also divides its logits by it.",
-        )
+    add_rollout_temperature_argument(g)
     g.add_argument("--rollout-top-p", type=float, default=1.0, help="nucleus sampling mass.")
     g.add_argument("--rollout-top-k", type=int, default=-1, help="top-k sampling; -1 disables it.")
     g.add_argument("--rollout-max-response-len", type=int, default=None, help="max new tokens per response.")
@@ -292,6 +307,74 @@ def _add_group_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_fr3e_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the FR3E mode's flags (``--fr3e``, ``--fr3e-*``; resolved by ``Fr3eConfig.from_args``)."""
+    g = parser.add_argument_group("FR3E: entropy-anchored partial rollouts (arXiv 2507.07017; docs/fr3e.md)")
+    g.add_argument(
+        "--fr3e",
+        action="store_true",
+        help="(ours) After the base rollout, continue each explored base trajectory from its K most uncertain "
+        "positions with M partial rollouts each; V(S_j) = fraction correct; per-state group-relative advantages "
+        "modulated by exp(-dV). The partial rollouts join the training batch.",
+    )
+    g.add_argument(
+        "--fr3e-num-anchors",
+        type=int,
+        default=None,
+        help=f"K anchors (states) per explored trajectory (default {Fr3eConfig.num_anchors}).",
+    )
+    g.add_argument(
+        "--fr3e-rollouts-per-anchor",
+        type=int,
+        default=None,
+        help=f"M partial rollouts from each state (default {Fr3eConfig.rollouts_per_anchor}).",
+    )
+    g.add_argument(
+        "--fr3e-base-per-prompt",
+        type=int,
+        default=None,
+        help="B base trajectories explored per prompt, correct and wrong ones alternately (default "
+        f"{Fr3eConfig.base_per_prompt}; the released code explores one correct and one wrong: 2).",
+    )
+    g.add_argument(
+        "--fr3e-anchor-score",
+        choices=ANCHOR_SCORES,
+        default=None,
+        help="entropy: the full-distribution entropy from the trainer's old-policy pass; surprisal: -log p of the "
+        "sampled token from the engine (the released code's proxy, no extra pass). "
+        f"Default: {Fr3eConfig.anchor_score}.",
+    )
+    g.add_argument(
+        "--fr3e-modulation",
+        choices=MODULATIONS,
+        default=None,
+        help=f"exp: advantages of state j times exp(-dV_j); none: unmodulated. Default: {Fr3eConfig.modulation}.",
+    )
+    g.add_argument(
+        "--fr3e-sharpen-power",
+        type=float,
+        default=None,
+        help="Sharpen dV before the exponential: sign(d)|d|^p / sum|d|^p (the released code's option, p = 1.5). "
+        "Default: off.",
+    )
+    g.add_argument(
+        "--fr3e-normalization-scope",
+        choices=NORMALIZATION_SCOPES,
+        default=None,
+        help="state: rewards normalised within each state's group; prompt: over all of the prompt's samples at once "
+        "(the released code). The normalisation itself follows the group options (GRPO std or mean only). "
+        f"Default: {Fr3eConfig.normalization_scope}.",
+    )
+    g.add_argument(
+        "--fr3e-correct-threshold",
+        type=float,
+        default=None,
+        help="A rollout counts as correct for V(S) when its reward exceeds this "
+        f"(default {Fr3eConfig.correct_threshold:g}).",
+    )
+    return parser
+
+
 def add_rollout_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the rollout flags on ``parser`` and return it (slime's ``add_custom_arguments`` contract)."""
     _add_engine_arguments(parser)
@@ -300,4 +383,10 @@ def add_rollout_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     _add_reward_arguments(parser)
     _add_group_arguments(parser)
     add_fr3e_arguments(parser)
+    return parser
+
+
+def add_smoke_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``python -m slime_entropy.rollout`` beyond the rollout flags."""
+    parser.add_argument("--smoke-dp-size", type=int, default=1, help="split each rollout for this many DP ranks")
     return parser

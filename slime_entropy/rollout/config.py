@@ -3,8 +3,9 @@
     config = RolloutConfig.from_args(args)     # ValueError listing every problem, each naming its flag and fix
 
 Each concern owns a small dataclass whose ``__post_init__`` validates its own fields: :class:`EngineConfig`,
-:class:`SamplingConfig`, :class:`DataConfig`, :class:`RewardConfig`, :class:`GroupConfig`. They can be built
-directly (tests, benchmarks, library use) without argparse.
+:class:`SamplingConfig`, :class:`DataConfig`, :class:`RewardConfig`, :class:`GroupConfig`, and the FR3E mode's
+:class:`Fr3eConfig` (with :func:`samples_per_prompt`, the batch arithmetic's unit). They can be built directly (tests,
+benchmarks, library use) without argparse.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 from argparse import Namespace
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
-
-from slime_entropy.rollout.fr3e_arguments import Fr3eConfig
 
 __all__ = [
     "EngineConfig",
@@ -25,6 +24,8 @@ __all__ = [
     "GroupConfig",
     "RolloutConfig",
     "resolve_backend",
+    "Fr3eConfig",
+    "samples_per_prompt",
 ]
 
 logger = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ class RolloutConfig:
     reward: RewardConfig
     groups: GroupConfig
     fr3e: Fr3eConfig | None = None
-    """FR3E partial rollouts (``--fr3e``), see :mod:`slime_entropy.rollout.fr3e_arguments`."""
+    """FR3E partial rollouts (``--fr3e``), see :class:`Fr3eConfig`."""
 
     def __post_init__(self):
         if self.groups.overlong_buffer_len >= self.sampling.max_response_len:
@@ -433,3 +434,133 @@ class RolloutConfig:
         if errors:
             raise ValueError("invalid rollout arguments:\n  - " + "\n  - ".join(errors))
         return config
+
+
+# FR3E: entropy-anchored partial rollouts (slime_entropy.rollout.fr3e, docs/fr3e.md) ---------------------------------
+
+ANCHOR_SCORES = ("entropy", "surprisal")
+MODULATIONS = ("exp", "none")
+NORMALIZATION_SCOPES = ("state", "prompt")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fr3eConfig:
+    """The FR3E mode, validated; ``Fr3eConfig.from_args(args)`` is None without ``--fr3e``.
+
+    Each ``--fr3e-<name>`` flag defaults to ``None`` (so that it can be refused without ``--fr3e``) and resolves to
+    the field ``<name>``'s default below, the one place it is written."""
+
+    num_anchors: int = 4
+    rollouts_per_anchor: int = 4
+    base_per_prompt: int = 1
+    anchor_score: str = "entropy"
+    modulation: str = "exp"
+    sharpen_power: float | None = None
+    normalization_scope: str = "state"
+    correct_threshold: float = 0.0
+    n_samples_per_prompt: int = 1
+    """The base group size (``--n-samples-per-prompt``)."""
+
+    def __post_init__(self):
+        problems = []
+        if self.num_anchors < 1:
+            problems.append(f"--fr3e-num-anchors must be >= 1, got {self.num_anchors}")
+        if self.rollouts_per_anchor < 1:
+            problems.append(f"--fr3e-rollouts-per-anchor must be >= 1, got {self.rollouts_per_anchor}")
+        if not 1 <= self.base_per_prompt <= self.n_samples_per_prompt:
+            problems.append(
+                f"--fr3e-base-per-prompt {self.base_per_prompt} must lie in [1, --n-samples-per-prompt "
+                f"{self.n_samples_per_prompt}]"
+            )
+        if self.anchor_score not in ANCHOR_SCORES:
+            problems.append(f"--fr3e-anchor-score must be one of {ANCHOR_SCORES}, got {self.anchor_score!r}")
+        if self.modulation not in MODULATIONS:
+            problems.append(f"--fr3e-modulation must be one of {MODULATIONS}, got {self.modulation!r}")
+        if self.sharpen_power is not None:
+            if not self.sharpen_power > 0:
+                problems.append(f"--fr3e-sharpen-power must be > 0, got {self.sharpen_power}")
+            if self.modulation == "none":
+                problems.append("--fr3e-sharpen-power sharpens the modulation; it has no effect with "
+                                "--fr3e-modulation none")  # fmt: skip
+        if self.normalization_scope not in NORMALIZATION_SCOPES:
+            problems.append(
+                f"--fr3e-normalization-scope must be one of {NORMALIZATION_SCOPES}, got {self.normalization_scope!r}"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+
+    @property
+    def extra_samples_per_prompt(self) -> int:
+        """B x K x M partial rollouts per prompt."""
+        return self.base_per_prompt * self.num_anchors * self.rollouts_per_anchor
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.n_samples_per_prompt + self.extra_samples_per_prompt
+
+    def summary(self) -> str:
+        """One line for ``--dry-run``'s plan."""
+        modulation = (
+            "off"
+            if self.modulation == "none"
+            else "exp(-dV)" + (f", sharpened p={self.sharpen_power:g}" if self.sharpen_power is not None else "")
+        )
+        return (
+            f"ON: {self.base_per_prompt} base trajectory(ies)/prompt x {self.num_anchors} anchors "
+            f"({self.anchor_score}) x {self.rollouts_per_anchor} partial rollouts = "
+            f"{self.extra_samples_per_prompt} extra samples/prompt "
+            f"(+ {self.n_samples_per_prompt} base = {self.samples_per_prompt}); modulation {modulation}; "
+            f"normalisation per {self.normalization_scope}"
+        )
+
+    @classmethod
+    def from_args(cls, args: Namespace) -> Fr3eConfig | None:
+        """None without ``--fr3e`` (and then no ``--fr3e-*`` option may be given); else the validated config,
+        including the checks against other flags."""
+        given = {name: getattr(args, f"fr3e_{name}", None) for name in FR3E_FLAGS}
+        given = {name: value for name, value in given.items() if value is not None}
+        if not getattr(args, "fr3e", False):
+            if given:
+                raise ValueError(f"{', '.join(FR3E_FLAGS[name] for name in given)} only apply with --fr3e; add --fr3e "
+                                 "or drop them")  # fmt: skip
+            return None
+        problems = []
+        if getattr(args, "rollout_stop", None):
+            problems.append(
+                "--fr3e continues trajectories from token prefixes, and an engine matches --rollout-stop strings "
+                "only in the text it generated itself (a stop string straddling the anchor would be missed); use "
+                "--rollout-stop-token-ids with --fr3e"
+            )
+        if (
+            given.get("rollouts_per_anchor", cls.rollouts_per_anchor) == 1
+            and given.get("normalization_scope", cls.normalization_scope) == "state"
+            and getattr(args, "rewards_normalization", True)
+        ):
+            problems.append(
+                "--fr3e-rollouts-per-anchor 1 with per-state normalisation makes every partial rollout's advantage 0; "
+                "use M >= 2 or --fr3e-normalization-scope prompt"
+            )
+        try:
+            config = cls(**given, n_samples_per_prompt=args.n_samples_per_prompt)
+        except ValueError as e:
+            problems.append(str(e))
+            config = None
+        if problems:
+            raise ValueError("\n".join(problems))
+        return config
+
+
+# Field -> its flag, for the fields a --fr3e-<name> flag sets (all but the base group size).
+FR3E_FLAGS = {
+    f.name: "--fr3e-" + f.name.replace("_", "-") for f in fields(Fr3eConfig) if f.name != "n_samples_per_prompt"
+}
+
+
+def samples_per_prompt(args: Namespace) -> int:
+    """Samples per prompt in the training batch: ``--n-samples-per-prompt`` plus, with ``--fr3e``, B x K x M partial
+    rollouts. Invalid FR3E flags count as plain ``n`` here (``Fr3eConfig.from_args`` reports them)."""
+    try:
+        config = Fr3eConfig.from_args(args)
+    except ValueError:
+        config = None
+    return config.samples_per_prompt if config is not None else args.n_samples_per_prompt

@@ -2,8 +2,9 @@
 
 ``install()`` replaces ``slime.utils.arguments.parse_args`` by a wrapper that, on every call:
 
-1. chains ``slime_entropy.add_arguments`` after the caller's ``add_custom_arguments`` (a provider that already
-   registered our flags is left alone), so Megatron's parser, slime's groups and ours form one parser;
+1. chains ``slime_entropy.add_arguments`` after the caller's ``add_custom_arguments``, unless that provider already
+   called it (a train.py patched the old way, ``add_custom_arguments=slime_entropy.add_arguments``), so Megatron's
+   parser, slime's groups and ours form one parser with each of our flags registered once;
 2. just before that parser reads the command line, refuses flags that are not registered and look like ours: the
    ``--entropy-*`` / ``--high-entropy*`` namespace, abbreviations of our flags and near misses (difflib), with a
    did-you-mean. slime v0.1.0 rejects every unknown flag, later releases drop them silently (Megatron parses with
@@ -31,7 +32,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from ..loss.arguments import add_arguments, has_option
+from ..loss.arguments import add_arguments
 
 __all__ = ["OUR_LOSS_PATH", "FLAG_NAMESPACES", "LaunchError", "install", "our_flags"]
 
@@ -58,6 +59,12 @@ def _our_parser() -> argparse.ArgumentParser:
 def our_flags() -> tuple[str, ...]:
     """The long option strings ``slime_entropy.add_arguments`` registers."""
     return tuple(sorted(flag for flag in _our_parser()._option_string_actions if flag.startswith("--")))
+
+
+def _has_our_flags(parser: argparse.ArgumentParser) -> bool:
+    """Whether ``slime_entropy.add_arguments`` already ran on ``parser`` (through the user's own provider)."""
+    # get_default answers None for a destination no action has; our switch's default is False.
+    return parser.get_default("high_entropy_token_filter") is not None
 
 
 def _our_settings_changed(args: argparse.Namespace) -> list[str]:
@@ -140,7 +147,7 @@ class _Call:
         """slime's add_custom_arguments hook: the user's provider, then ours, then the check on parse."""
         if self.user_provider is not None:
             parser = self.user_provider(parser)
-        if not has_option(parser, "--high-entropy-token-filter"):
+        if not _has_our_flags(parser):
             parser = add_arguments(parser)
         self.parser = parser
         # slime adds its own groups after this hook returns; the check must see them, so it runs when the

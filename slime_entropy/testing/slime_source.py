@@ -19,6 +19,7 @@ import types
 from pathlib import Path
 
 from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
+from slime_entropy.rollout.arguments import add_rollout_temperature_argument
 
 LOSS = "slime.backends.megatron_utils.loss"
 CP_UTILS = "slime.backends.megatron_utils.cp_utils"
@@ -50,6 +51,7 @@ def slime_loss_args(family: str, argv: list[str], *, global_batch_size: int) -> 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     add_slime_loss_arguments(parser)
+    add_rollout_temperature_argument(parser)
     parser.add_argument("--global-batch-size", type=int)
     parser.add_argument("--vocab-size", type=int, default=None)
     if family == "v0.3":

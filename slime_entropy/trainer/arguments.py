@@ -1,16 +1,21 @@
 """The trainer's command line: every provider's flags on one parser, parsed once, unknown flags rejected by name.
 
-``build_parser()`` composes, in this order (flags shared by two providers are registered by whichever runs first):
+``build_parser()`` composes the providers of :func:`argument_providers`, in this order; each flag is registered by
+exactly one of them, the package that owns it (``tests/test_flags.py`` freezes the list and the owners):
 
 1. ``add_trainer_arguments`` (this module): cluster and placement (slime's ``--actor-num-nodes``,
    ``--actor-num-gpus-per-node``, ``--colocate``, ``--offload*``), the rollout-train loop
-   (``--num-steps-per-rollout``, evaluation), weight updates, the run directory, logging (``--use-wandb`` ...), the
-   built-in default task and ``--dry-run``;
+   (``--num-steps-per-rollout``, ``--kl-coef``), weight updates, the run directory, logging (``--use-wandb`` ...) and
+   the built-in default task;
 2. ``slime_entropy.add_arguments``: the high-entropy filter and our policy-loss options;
-3. ``slime_entropy.loss.arguments.add_slime_loss_arguments``: slime's own loss flags (``--eps-clip``, ``--use-kl-loss``...);
-4. ``slime_entropy.rollout.arguments.add_rollout_arguments``: engines, sampling, data, rewards, groups;
+3. ``slime_entropy.loss.arguments.add_slime_loss_arguments``: slime's own loss flags (``--eps-clip``,
+   ``--use-kl-loss``...);
+4. ``slime_entropy.rollout.arguments.add_rollout_arguments``: engines (with ``--hf-checkpoint``), sampling (with
+   ``--rollout-temperature``, which the loss reads too), data, rewards, groups, FR3E;
 5. ``slime_entropy.megatron.arguments.add_megatron_arguments``: MODEL_ARGS, parallelism, optimizer, batching and
-   checkpoints in Megatron's spelling.
+   checkpoints in Megatron's spelling;
+6. ``slime_entropy.evaluation.arguments.add_eval_arguments``: the ``--eval-*`` flags;
+7. ``slime_entropy.launch.arguments.add_plan_arguments``: ``--dry-run`` and the GPU the plan is checked against.
 
 ``parse_args(argv)`` parses once. Flags no provider registered are an error that names each of them (with the
 closest known spelling), abbreviations are not accepted (``--entropy-perc`` must not silently mean
@@ -23,12 +28,20 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
 from slime_entropy.rollout.sglang_options import describe_unknown
+from slime_entropy.trainer.default_task import EmbeddedSpec
 
-__all__ = ["add_trainer_arguments", "build_parser", "parse_args", "ConciseParser", "UPDATE_WEIGHT_TRANSPORTS"]
+__all__ = [
+    "add_trainer_arguments",
+    "argument_providers",
+    "build_parser",
+    "parse_args",
+    "ConciseParser",
+    "UPDATE_WEIGHT_TRANSPORTS",
+]
 
 UPDATE_WEIGHT_TRANSPORTS = ("auto", "disk", "broadcast")
 
@@ -178,7 +191,8 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--embedded-sft-steps",
         type=int,
         default=None,
-        help="(ours) Supervised warm-up steps of the default task's tiny model (default 1000; cached per value).",
+        help="(ours) Supervised warm-up steps of the default task's tiny model "
+        f"(default {EmbeddedSpec.sft_steps}; cached per value).",
     )
     return parser
 
@@ -222,13 +236,26 @@ def _describe_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -
     return "unrecognized arguments (no slime_entropy/slime/Megatron provider registers them):\n" + "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full trainer parser, grouped for ``--help``."""
+def argument_providers() -> tuple[Callable[[argparse.ArgumentParser], argparse.ArgumentParser], ...]:
+    """The argument providers of train.py's parser, in ``--help`` order; no two register the same flag."""
     from slime_entropy.evaluation.arguments import add_eval_arguments
-    from slime_entropy.launch.plan import add_plan_arguments
+    from slime_entropy.launch.arguments import add_plan_arguments
     from slime_entropy.megatron.arguments import add_megatron_arguments
     from slime_entropy.rollout.arguments import add_rollout_arguments
 
+    return (
+        add_trainer_arguments,
+        add_arguments,
+        add_slime_loss_arguments,
+        add_rollout_arguments,
+        add_megatron_arguments,
+        add_eval_arguments,
+        add_plan_arguments,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full trainer parser, grouped for ``--help``."""
     parser = _Parser(
         prog="train.py",
         help_command="python train.py --help",
@@ -237,13 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    add_trainer_arguments(parser)
-    add_arguments(parser)
-    add_slime_loss_arguments(parser)
-    add_rollout_arguments(parser)
-    add_megatron_arguments(parser)
-    add_eval_arguments(parser)
-    add_plan_arguments(parser)
+    for provider in argument_providers():
+        provider(parser)
     return parser
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from slime_entropy.evaluation.config import EvalConfig
-from slime_entropy.rollout.fr3e_arguments import samples_per_prompt
+from slime_entropy.rollout.config import samples_per_prompt
 
 __all__ = [
     "BatchPlan",

@@ -83,15 +83,14 @@ def test_absent_and_refused():
     assert EvalConfig.from_args(parse(BASE + ["--eval-prompt-data", "a", "x"]), training=False) is not None
 
 
-def test_provider_order_and_existing_flags():
+def test_provider_order_and_one_owner():
     args = parse(BASE + ["--eval-prompt-data", "a", "x", "--eval-interval", "1"], eval_first=True)
     assert EvalConfig.from_args(args).sampling.temperature == 0.8
-    # Megatron registers --eval-interval (default 1000); slime registers all of its eval flags: no duplicate error.
+    # The evaluation package owns its flags: a parser that already has one (slime's own parser) is not ours to extend.
     parser = argparse.ArgumentParser()
     parser.add_argument("--eval-interval", type=int, default=1000)
-    parser.add_argument("--n-samples-per-eval-prompt", type=int, default=1)
-    add_eval_arguments(parser)
-    assert parser.parse_args([]).eval_interval == 1000
+    with pytest.raises(argparse.ArgumentError, match="--eval-interval"):
+        add_eval_arguments(parser)
 
 
 def test_schedule():

@@ -15,15 +15,10 @@ HF_FIXTURES = FIXTURES / "hf"
 
 
 def trainer_parser() -> argparse.ArgumentParser:
-    """train.py's parser, with the dry-run planner's flags (``add_plan_arguments``) if train.py lacks them."""
-    from slime_entropy.loss.arguments import has_option
-    from slime_entropy.launch.plan import add_plan_arguments
+    """train.py's parser (the dry-run planner's flags included)."""
     from slime_entropy.trainer.arguments import build_parser
 
-    parser = build_parser()
-    if not has_option(parser, "--plan-gpu-memory-gib"):
-        add_plan_arguments(parser)
-    return parser
+    return build_parser()
 
 
 def parse_train_args(argv: list[str]) -> argparse.Namespace:

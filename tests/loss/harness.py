@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
+from slime_entropy.rollout.arguments import add_rollout_temperature_argument
 
 from .reference import RefSample
 
@@ -23,6 +24,7 @@ def make_args(cli: str, *, global_batch_size: int, vocab_size: int | None = None
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     add_slime_loss_arguments(parser)
+    add_rollout_temperature_argument(parser)
     parser.add_argument("--global-batch-size", type=int)
     parser.add_argument("--vocab-size", type=int, default=None)
     argv = shlex.split(cli) + ["--global-batch-size", str(global_batch_size)]

@@ -8,6 +8,7 @@ import pytest
 import slime_entropy
 from slime_entropy.loss.arguments import add_slime_loss_arguments
 from slime_entropy.loss.config import EntropyFilterConfig, LossConfig
+from slime_entropy.rollout.arguments import add_rollout_temperature_argument
 
 
 def parse(argv: str):
@@ -15,6 +16,7 @@ def parse(argv: str):
     returned = slime_entropy.add_arguments(parser)
     assert returned is parser  # slime's add_custom_arguments contract: the callback returns the parser
     add_slime_loss_arguments(parser)
+    add_rollout_temperature_argument(parser)
     return parser.parse_args(argv.split())
 
 
@@ -122,6 +124,13 @@ def test_missing_flags_explain_how_to_register_them():
     slime_entropy.add_arguments(parser)
     with pytest.raises(ValueError, match="add_slime_loss_arguments"):
         LossConfig.from_args(parser.parse_args([]))
+    # --rollout-temperature is the rollout package's flag: the message names its registrar, and only that.
+    add_slime_loss_arguments(parser)
+    with pytest.raises(
+        ValueError, match=r"\(--rollout-temperature\)\. .*\.add_rollout_temperature_argument\(parser\)\.$"
+    ) as e:
+        LossConfig.from_args(parser.parse_args([]))
+    assert "add_slime_loss_arguments" not in str(e.value)
 
 
 def test_configs_are_frozen():

@@ -69,15 +69,11 @@ def save_tiny_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
 
 
 def make_args(argv: list[str]) -> argparse.Namespace:
-    """The trainer's parser: slime_entropy's loss flags, slime's loss flags and the Megatron actor flags."""
-    from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
-    from slime_entropy.megatron.arguments import add_megatron_arguments
+    """Every flag the actor reads: slime_entropy's loss flags, slime's loss flags, the Megatron actor flags,
+    --hf-checkpoint and --rollout-temperature."""
+    from slime_entropy.megatron.arguments import add_actor_arguments
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    add_slime_loss_arguments(parser)
-    add_megatron_arguments(parser)
-    return parser.parse_args(argv)
+    return add_actor_arguments(argparse.ArgumentParser()).parse_args(argv)
 
 
 def build_actor(args: argparse.Namespace, *, num_total_steps: int):

@@ -88,14 +88,6 @@ def test_slime_defaults():
     assert args.rollout_stop == ["a", "b"] and args.apply_chat_template_kwargs == {"enable_thinking": False}
 
 
-def test_shared_flags_are_not_registered_twice():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--hf-checkpoint", default="from-trainer")
-    parser.add_argument("--num-gpus-per-node", type=int, default=4)
-    args = add_rollout_arguments(parser).parse_args([])
-    assert args.hf_checkpoint == "from-trainer" and args.num_gpus_per_node == 4
-
-
 def test_from_args_builds_the_configs(tiny_model_dir, math_prompts):
     config = RolloutConfig.from_args(
         _parse(

@@ -6,7 +6,8 @@ import random
 import pytest
 
 from slime_entropy.rollout import fr3e
-from slime_entropy.rollout.fr3e_arguments import Fr3eConfig, add_fr3e_arguments, samples_per_prompt
+from slime_entropy.rollout.arguments import add_fr3e_arguments
+from slime_entropy.rollout.config import Fr3eConfig, samples_per_prompt
 
 
 def _reference_anchors(scores, k, mask):

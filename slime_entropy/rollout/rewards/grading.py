@@ -1,6 +1,6 @@
 """Rule-based math rewards (``--rm-type deepscaler|math|dapo`` and their ``boxed_`` variants), graded with math-verify.
 
-Semantics (slime's; see ``shared/notes/slime-reference.md`` §11):
+Semantics (slime's ``slime/rollout/rm_hub``):
 
 - ``deepscaler``: the answer is the last ``\\boxed{}`` after the last ``</think>`` (else after ``###Response``);
   **no marker gives 0.0**. Reward 1.0 if the answer is equivalent to the label, else 0.0 (also with no answer).
