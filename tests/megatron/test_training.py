@@ -144,6 +144,7 @@ def _assert_same_step(reference, result, label):
         )
 
 
+@pytest.mark.slow
 def test_one_step_is_layout_independent_with_the_filter_on(tmp_path):
     hf_dir = str(save_tiny_model("qwen3", tmp_path / "qwen3", seed=1))
     moe_dir = str(save_tiny_model("qwen3_moe", tmp_path / "qwen3_moe", seed=2))
