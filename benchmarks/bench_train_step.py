@@ -10,9 +10,9 @@ lengths averaging ``--response-len``), packed into micro-batches of ``--micro-ba
 log-prob pass is not timed (it is identical with the filter on or off). The learning rate is 0, so the weights,
 and with them the work per step, do not drift between the timed steps.
 
-Time: after ``--warmup`` steps of each, steps alternate off, on, off, on ... on the same actor (the filter is a loss
-flag, read per micro-batch) and the medians are reported; ``overhead = median(on) / median(off) - 1``. Tokens/s
-counts all prompt + response tokens of the global batch.
+Time: after ``--warmup`` steps of each, steps alternate off, on, off, on ... on the same actor (its loss rebound to
+the filter-off or filter-on ``LossConfig`` before each step) and the medians are reported;
+``overhead = median(on) / median(off) - 1``. Tokens/s counts all prompt + response tokens of the global batch.
 
 Peak memory: each mode runs once more in a fresh subprocess with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` (large
 allocations are unmapped when freed, so resident memory tracks live tensors); after one warm-up step the kernel's
@@ -79,19 +79,28 @@ def _samples(opts):
 
 
 def _actor(hf_dir: Path, opts):
+    """The actor (filter off) and its loss bound with the filter off and on: ``{False: ..., True: ...}``."""
+    import torch.distributed as dist
+
+    from slime_entropy.loss.config import LossConfig
     from slime_entropy.megatron.actor import MegatronActor
     from slime_entropy.megatron.arguments import add_actor_arguments
+    from slime_entropy.megatron.config import MegatronConfig
 
     parser = add_actor_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([
+    argv = [
         "--hf-checkpoint", str(hf_dir), "--global-batch-size", str(opts.samples), "--micro-batch-size",
         str(opts.micro_batch_size), "--lr", "0", "--make-vocab-size-divisible-by", "1", "--seed", "1",
-    ])  # fmt: skip
-    return MegatronActor(args, num_total_steps=10_000), args
+    ]  # fmt: skip
+    args = parser.parse_args(argv)
+    megatron = MegatronConfig.from_args(args, world_size=dist.get_world_size(), on_gpu=torch.cuda.is_available())
+    actor = MegatronActor(megatron, LossConfig.from_args(args), num_total_steps=10_000)
+    filtered = LossConfig.from_args(parser.parse_args(argv + ["--high-entropy-token-filter"]))
+    return actor, {False: actor.loss, True: actor.bind_loss(filtered)}
 
 
-def _step(actor, args, samples, filter_on: bool) -> float:
-    args.high_entropy_token_filter = filter_on
+def _step(actor, losses, samples, filter_on: bool) -> float:
+    actor.loss = losses[filter_on]
     start = time.perf_counter()
     actor.train(0, samples)
     if torch.cuda.is_available():
@@ -109,18 +118,18 @@ def _status_kib(field: str) -> int:
 def _memory_probe(hf_dir: Path, opts, filter_on: bool) -> int:
     """Extra peak bytes of one training step (fresh process, see module docstring)."""
     _init_world()
-    actor, args = _actor(hf_dir, opts)
+    actor, losses = _actor(hf_dir, opts)
     samples = _samples(opts)
     actor.compute_log_probs(samples)
-    _step(actor, args, samples, filter_on)
+    _step(actor, losses, samples, filter_on)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        _step(actor, args, samples, filter_on)
+        _step(actor, losses, samples, filter_on)
         return torch.cuda.max_memory_allocated() - base
     Path("/proc/self/clear_refs").write_text("5")
     base = _status_kib("VmRSS")
-    _step(actor, args, samples, filter_on)
+    _step(actor, losses, samples, filter_on)
     return (_status_kib("VmHWM") - base) * 1024
 
 
@@ -147,17 +156,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = _save_model(Path(tmp) / "model", opts)
         _init_world()
-        actor, args = _actor(hf_dir, opts)
+        actor, losses = _actor(hf_dir, opts)
         samples = _samples(opts)
         num_tokens = sum(s.total_length for s in samples)
         actor.compute_log_probs(samples)
         for _ in range(opts.warmup):
-            _step(actor, args, samples, False)
-            _step(actor, args, samples, True)
+            _step(actor, losses, samples, False)
+            _step(actor, losses, samples, True)
         times = {False: [], True: []}
         for _ in range(opts.steps):
             for mode in (False, True):
-                times[mode].append(_step(actor, args, samples, mode))
+                times[mode].append(_step(actor, losses, samples, mode))
 
         memory = {}
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -15,6 +16,7 @@ def _w(rank, ws):
     return v, x.grad
 
 
+@pytest.mark.multiprocess
 def test_world():
     out = run_world(_w, 3)
     for v, _ in out:

@@ -2,8 +2,8 @@
 
 The model is built like the trainer's actor (``slime_entropy.megatron``: architecture from the HF ``config.json``,
 megatron-core ``GPTModel``, THD-packed micro-batches) and the numbers come from the same no-grad pass
-(:func:`slime_entropy.megatron.train_step.compute_log_probs`, i.e. ``slime_entropy.loss.get_log_probs_and_entropy``
-at ``--rollout-temperature``, Megatron's padded vocabulary columns excluded).
+(:func:`slime_entropy.megatron.train_step.compute_log_probs` with the loss bound once, as the actor binds it:
+``slime_entropy.loss.bound.BoundLoss`` at ``--rollout-temperature``, Megatron's padded vocabulary columns excluded).
 
 Process layout: a single process (gloo on CPU, NCCL on a GPU) by default. Under ``torchrun`` with
 ``--tensor-model-parallel-size`` equal to the world size, every rank scores every response and holds identical
@@ -66,6 +66,8 @@ class MegatronScorer:
     def _build(self, checkpoint: str) -> None:
         from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+        from slime_entropy.loss.bound import BoundLoss
+        from slime_entropy.loss.config import LossConfig
         from slime_entropy.megatron.actor import initialize_parallel_state
         from slime_entropy.megatron.config import MegatronConfig
         from slime_entropy.megatron.checkpoint import checkpoint_path, load_checkpoint, read_tracker
@@ -81,12 +83,14 @@ class MegatronScorer:
             )
         if args.pipeline_model_parallel_size != 1:
             raise ValueError("the Megatron scorer does not support --pipeline-model-parallel-size > 1")
-        self.settings = settings = MegatronConfig.from_args(args, world_size=world)
-        if args.vocab_size is None:
-            args.vocab_size = settings.arch.vocab_size  # the loss ignores Megatron's padded vocabulary columns
+        self.megatron = settings = MegatronConfig.from_args(args, world_size=world, on_gpu=torch.cuda.is_available())
         initialize_parallel_state(settings, world)
         model_parallel_cuda_manual_seed(settings.seed)
         self.groups = ActorGroups.from_megatron()
+        # the loss's true vocabulary is the model's (Megatron pads the output layer beyond it)
+        self.loss = BoundLoss(
+            LossConfig.from_args(args), self.groups.loss, global_batch_size=None, vocab_size=settings.arch.vocab_size
+        )
         self.model = build_gpt_model(settings.arch, settings.build)
         source = checkpoint
         if read_tracker(source) is not None:
@@ -109,11 +113,11 @@ class MegatronScorer:
         compute_log_probs(
             self.model,
             work,
-            args=self.args,
+            loss=self.loss,
             groups=self.groups,
             micro_batch_size=None if self.max_tokens else 1,
             max_tokens=self.max_tokens,
-            pad_multiple=self.settings.batching.pad_multiple,
+            pad_multiple=self.megatron.batching.pad_multiple,
             store_as="log_probs",
             with_entropy=True,
         )

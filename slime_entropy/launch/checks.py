@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from slime_entropy.launch.memory import ParallelSizes
 from slime_entropy.megatron.architecture import HFArchitecture
+from slime_entropy.megatron.config import parallel_size_problems
 
 __all__ = ["TokenBudget", "MicroBatchPlan", "check_parallel_layout", "plan_micro_batches"]
 
@@ -25,67 +26,39 @@ __all__ = ["TokenBudget", "MicroBatchPlan", "check_parallel_layout", "plan_micro
 def check_parallel_layout(
     arch: HFArchitecture, layout: ParallelSizes, *, num_gpus_per_node: int, rollout_num_gpus_per_engine: int
 ) -> list[str]:
-    """Every reason the model cannot be split as asked (training and engines). Empty when it can."""
-    problems: list[str] = []
+    """Every reason the model cannot be split as asked (training and engines). Empty when it can.
 
-    def check(ok: bool, message: str) -> None:
-        if not ok:
-            problems.append(message)
-
-    tp, pp, cp = layout.tensor_parallel_size, layout.pipeline_parallel_size, layout.context_parallel_size
-    ep, etp = layout.expert_parallel_size, layout.etp
+    The training rules are :func:`~slime_entropy.megatron.config.parallel_size_problems` (the actor's own); the
+    rank count is the trainer's ``resolve_layout``'s to check. Added here: TP within a node, and the engines' TP
+    against the heads."""
     engine_tp = rollout_num_gpus_per_engine
-    if min(tp, pp, cp, ep, etp, engine_tp) < 1:
-        return ["parallel sizes (TP, PP, CP, EP, ETP, --rollout-num-gpus-per-engine) must be >= 1"]
-    check(
-        arch.num_attention_heads % tp == 0 and arch.num_query_groups % tp == 0,
-        f"--tensor-model-parallel-size {tp} must divide the {arch.num_attention_heads} attention heads and the "
-        f"{arch.num_query_groups} query groups",
+    problems = parallel_size_problems(
+        arch,
+        tensor=layout.tensor_parallel_size,
+        pipeline=layout.pipeline_parallel_size,
+        context=layout.context_parallel_size,
+        expert=layout.expert_parallel_size,
+        expert_tensor=layout.expert_tensor_parallel_size,
+        sequence_parallel=layout.sequence_parallel,
+        world_size=None,
     )
-    check(
-        tp <= num_gpus_per_node,
-        f"--tensor-model-parallel-size {tp} spans nodes ({num_gpus_per_node} GPUs per node); keep TP within a node",
-    )
-    check(
-        arch.num_layers % pp == 0,
-        f"--pipeline-model-parallel-size {pp} must divide the {arch.num_layers} layers (uneven stages are not "
-        "supported)",
-    )
-    check(
-        cp == 1,
-        f"--context-parallel-size {cp}: slime_entropy's actor does not support context parallelism yet; use 1 (more "
-        "TP, or a larger --max-tokens-per-gpu budget)",
-    )
-    if arch.is_moe:
-        check(
-            arch.num_experts % ep == 0, f"--expert-model-parallel-size {ep} must divide the {arch.num_experts} experts"
+    if engine_tp < 1:
+        return problems + [f"--rollout-num-gpus-per-engine must be >= 1, got {engine_tp}"]
+    tp = layout.tensor_parallel_size
+    if tp > num_gpus_per_node:
+        problems.append(
+            f"--tensor-model-parallel-size {tp} spans nodes ({num_gpus_per_node} GPUs per node); keep TP within a node"
         )
-        check(
-            arch.moe_ffn_hidden_size % etp == 0,
-            f"the expert tensor-parallel size {etp} (--expert-tensor-parallel-size, default TP) must divide the "
-            f"expert FFN size {arch.moe_ffn_hidden_size}",
+    if arch.num_attention_heads % engine_tp:
+        problems.append(
+            f"--rollout-num-gpus-per-engine {engine_tp} must divide the {arch.num_attention_heads} attention heads "
+            "(SGLang shards heads over its TP ranks)"
         )
-        check(
-            not (ep > 1 and tp > 1 and not layout.sequence_parallel),
-            f"expert parallelism ({ep}) with tensor parallelism ({tp}) needs --sequence-parallel (megatron-core "
-            "requires it)",
+    if arch.num_query_groups % engine_tp and engine_tp % arch.num_query_groups:
+        problems.append(
+            f"--rollout-num-gpus-per-engine {engine_tp} and the {arch.num_query_groups} KV heads: one must divide the "
+            "other (SGLang splits or replicates KV heads)"
         )
-    else:
-        check(ep == 1, f"--expert-model-parallel-size {ep} needs an MoE model; drop it")
-        check(
-            layout.expert_tensor_parallel_size in (None, tp),
-            "--expert-tensor-parallel-size only applies to MoE models; drop it",
-        )
-    check(
-        arch.num_attention_heads % engine_tp == 0,
-        f"--rollout-num-gpus-per-engine {engine_tp} must divide the {arch.num_attention_heads} attention heads "
-        "(SGLang shards heads over its TP ranks)",
-    )
-    check(
-        arch.num_query_groups % engine_tp == 0 or engine_tp % arch.num_query_groups == 0,
-        f"--rollout-num-gpus-per-engine {engine_tp} and the {arch.num_query_groups} KV heads: one must divide the "
-        "other (SGLang splits or replicates KV heads)",
-    )
     return problems
 
 

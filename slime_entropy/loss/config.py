@@ -237,6 +237,8 @@ class LossConfig:
     kernel: KernelConfig
     #: slime_entropy's own loss features in use (flags); empty: the loss is slime's policy loss
     own_features: tuple[str, ...] = ()
+    #: ``--loss-type custom_loss``: the user's ``--custom-loss-function-path`` (None: ``--loss-type policy_loss``)
+    custom_loss_function_path: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LossConfig:
@@ -304,6 +306,11 @@ class LossConfig:
             "--use-tis is not defined for the sequence-level gmpo objective",
         )
         _refuse_unfiltered_only(args, _own_features(args, filter_on, mode), problems)
+        custom_loss_path = getattr(args, "custom_loss_function_path", None)
+        problems.check(
+            getattr(args, "loss_type", None) != "custom_loss" or bool(custom_loss_path),
+            "--loss-type custom_loss needs --custom-loss-function-path package.module.function",
+        )
         problems.raise_if_any("loss flags")
 
         eps_clip_high = args.eps_clip if args.eps_clip_high is None else args.eps_clip_high
@@ -360,6 +367,7 @@ class LossConfig:
             entropy_filter=entropy_filter,
             kernel=kernel,
             own_features=tuple(_own_features(args, filter_on, mode)),
+            custom_loss_function_path=custom_loss_path if getattr(args, "loss_type", None) == "custom_loss" else None,
         )
         _log_once(config)
         return config

@@ -435,8 +435,12 @@ def compute_policy_loss(
 
     Args:
         config: resolved loss configuration.
-        groups: tensor-, context- and data x context-parallel groups (``ParallelGroups.from_megatron()``).
-        batch: slime's micro-batch dict (see slime-reference §2.2).
+        groups: tensor-, context- and data x context-parallel groups (the actor's, bound once in
+            ``bound.BoundLoss``; ``ParallelGroups.from_megatron()`` in slime's adapter).
+        batch: slime's micro-batch dict: per-sample lists ``unconcat_tokens``, ``total_lengths``,
+            ``response_lengths``, ``loss_masks``, ``advantages``, ``log_probs`` (old policy) and, as the options need
+            them, ``ref_log_probs``, ``rollout_log_probs``, ``rollout_mask_sums``; per-token fields cover this
+            rank's local response tokens.
         logits: ``[1, T, V/TP]`` packed vocab-parallel logits of the last pipeline stage.
         sum_of_sample_mean: slime's reducer for this micro-batch; None builds the identical one.
         tis_hook: slime >= 0.3's TIS function (run when --use-tis or --get-mismatch-metrics); None: slime v0.1's

@@ -1,4 +1,4 @@
-"""slime's Megatron loss contract (v0.1.0 signatures), backed by ``compute.compute_policy_loss``.
+"""slime's Megatron loss contract (v0.1.0 signatures), backed by ``policy_loss.compute_policy_loss``.
 
 - ``policy_loss_function(args, batch, logits, sum_of_sample_mean) -> (loss, metrics)``: usable as slime's custom
   loss: ``--loss-type custom_loss --custom-loss-function-path slime_entropy.loss.policy_loss_function``
@@ -8,23 +8,24 @@
 - ``get_log_probs_and_entropy(logits, *, args, unconcat_tokens, total_lengths, response_lengths,
   with_entropy=False, non_loss_data=True)``: slime's forward-only helper (old/ref log-prob passes).
 
-Process groups come from Megatron's parallel_state (``ParallelGroups.from_megatron``).
+slime calls these with its ``args`` in every micro-batch, so each call resolves ``LossConfig.from_args(args)`` and
+``ParallelGroups.from_megatron()``; outside slime the same computation runs through ``bound`` (the loss bound once
+to its config and groups, as slime_entropy's own actor uses it), whose functions these call.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Mapping
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .bound import load_function, megatron_scaled, split_log_probs_and_entropy, standalone_loss
 from .config import LossConfig
 from ..parallel import ParallelGroups
-from .policy_loss import compute_log_probs_and_entropy, compute_policy_loss, metric_weight, slime_reducer
-from .spans import ResponseSpans
+from .policy_loss import compute_policy_loss
 from .slime_release import SlimeRelease, detect_slime_release
 
 _CP_UTILS = "slime.backends.megatron_utils.cp_utils"
@@ -91,7 +92,7 @@ def _check_release_options(args: argparse.Namespace, release: SlimeRelease) -> N
 def _bind_tis_function(args: argparse.Namespace, release: SlimeRelease, batch: Mapping):
     """slime >= 0.3's TIS function (--custom-tis-function-path, else slime's vanilla one) bound to this batch."""
     path = getattr(args, "custom_tis_function_path", None)
-    function = _load_function(path, "--custom-tis-function-path") if path else release.vanilla_tis_function()
+    function = load_function(path, "--custom-tis-function-path") if path else release.vanilla_tis_function()
 
     def hook(pg_tok: torch.Tensor, train_log_probs: list):
         return function(
@@ -105,13 +106,6 @@ def _bind_tis_function(args: argparse.Namespace, release: SlimeRelease, batch: M
         )
 
     return hook
-
-
-def _load_function(path: str, flag: str = "--custom-loss-function-path"):
-    module, _, name = path.rpartition(".")
-    if not module:
-        raise ValueError(f"{flag} must be 'package.module.function', got {path!r}")
-    return getattr(importlib.import_module(module), name)
 
 
 def _slime_reducer(release: SlimeRelease, batch: Mapping, per_token: bool):
@@ -180,7 +174,7 @@ def loss_function(args: argparse.Namespace, batch: Mapping, num_microbatches: in
         if loss_type == "policy_loss":
             function = policy_loss_function
         elif loss_type == "custom_loss":
-            function = _load_function(args.custom_loss_function_path)
+            function = load_function(args.custom_loss_function_path)
         elif hasattr(release.loss_module, f"{loss_type}_function"):
             function = getattr(release.loss_module, f"{loss_type}_function")
         else:
@@ -191,38 +185,24 @@ def loss_function(args: argparse.Namespace, batch: Mapping, num_microbatches: in
             loss, metrics = function(args, batch, logits, reducer)
         if getattr(args, "allgather_cp", False) and groups.cp_size > 1:
             loss = loss + 0 * logits.sum()  # as slime: every CP rank traverses the gather's backward
-    elif loss_type == "policy_loss":
-        result = compute_policy_loss(config, groups, batch, logits)
-        loss, metrics, num_tokens = result.loss, result.metrics, result.num_tokens
-    elif loss_type == "custom_loss":
-        layout = ResponseSpans.build(
-            batch["unconcat_tokens"], batch["total_lengths"], batch["response_lengths"], groups.cp_rank, groups.cp_size
-        )
-        reducer = slime_reducer(layout, batch, per_token)
-        loss, metrics = _load_function(args.custom_loss_function_path)(
-            args=args, batch=batch, logits=logits, sum_of_sample_mean=reducer
-        )
+    elif loss_type in ("policy_loss", "custom_loss"):
+        custom = load_function(config.custom_loss_function_path) if config.custom_loss_function_path else None
+        loss, metrics, num_tokens = standalone_loss(config, groups, batch, logits, custom_loss=custom, hook_args=args)
     else:
         raise ValueError(f"--loss-type {loss_type!r} is not supported by slime_entropy (policy_loss, custom_loss)")
-
-    weight = metric_weight(batch, per_token, release.family if release is not None else "standalone")
-    if per_token:
-        if num_tokens is None:
-            num_tokens = weight.round().to(torch.int64)
-        else:
-            weight = num_tokens.double()
-        loss = loss * groups.cp_size
-    else:
-        batch_size = args.global_batch_size if step_global_batch_size is None else step_global_batch_size
-        loss = loss * num_microbatches / batch_size * groups.dp_cp_size
-        if step_global_batch_size is not None:
-            weight = torch.zeros((), dtype=torch.float64)
-    values = torch.stack(
-        [weight.to(logits.device, torch.float32)] + [v.to(logits.device, torch.float32) for v in metrics.values()]
+    return megatron_scaled(
+        loss,
+        metrics,
+        num_tokens,
+        batch,
+        logits,
+        groups=groups,
+        per_token=per_token,
+        num_microbatches=num_microbatches,
+        batch_size=args.global_batch_size if step_global_batch_size is None else step_global_batch_size,
+        step_scaled=step_global_batch_size is not None,
+        metric_style=release.family if release is not None else "standalone",
     )
-    # A 0-d int tensor either way: megatron-core clamps it with torch and accumulates it in an int32 tensor.
-    count = num_tokens if per_token else torch.ones((), dtype=torch.int64)
-    return loss, count.to(logits.device, torch.int32), {"keys": list(metrics.keys()), "values": values}
 
 
 def get_log_probs_and_entropy(
@@ -240,12 +220,7 @@ def get_log_probs_and_entropy(
     Unlike slime v0.1.0 this does not divide ``logits`` in place. Gradient flows through the log-probs when the
     caller has grad enabled.
     """
-    config = LossConfig.from_args(args)
     batch = {"unconcat_tokens": unconcat_tokens, "total_lengths": total_lengths, "response_lengths": response_lengths}
-    layout, log_probs, entropy = compute_log_probs_and_entropy(
-        config, ParallelGroups.from_megatron(), batch, logits, entropy_grad=False
+    return split_log_probs_and_entropy(
+        LossConfig.from_args(args), ParallelGroups.from_megatron(), batch, logits, with_entropy=with_entropy
     )
-    result = {"log_probs": list(log_probs.split(layout.local_lengths))}
-    if with_entropy:
-        result["entropy"] = list(entropy.split(layout.local_lengths))
-    return result

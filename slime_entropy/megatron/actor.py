@@ -2,14 +2,18 @@
 
 Life cycle (every method is collective over all training ranks)::
 
-    actor = MegatronActor(args, num_total_steps=...)     # parallel state, model, weights, DDP, Adam, LR schedule
-    actor.compute_log_probs(samples)                     # old-policy log-probs (+ entropies), ref log-probs
-    metrics = actor.train(rollout_id, samples)           # one optimizer step per global batch
-    actor.maybe_save(rollout_id)                         # torch_dist (+ --save-hf) every --save-interval rollouts
-    actor.save_hf(out_dir)                               # HF checkpoint of the current weights
+    actor = MegatronActor(megatron, loss, num_total_steps=...)  # parallel state, model, weights, DDP, Adam,
+                                                                # LR schedule, the loss bound to its groups
+    actor.compute_log_probs(samples)              # old-policy log-probs (+ entropies), ref log-probs
+    metrics = actor.train(rollout_id, samples)    # one optimizer step per global batch
+    actor.maybe_save(rollout_id)                  # torch_dist (+ --save-hf) every --save-interval rollouts
+    actor.save_hf(out_dir)                        # HF checkpoint of the current weights
 
-Initial weights, as slime (slime-reference §10): ``--load`` with a tracker file resumes (weights, optimizer,
-scheduler, RNG; ``start_rollout_id`` = saved iteration + 1); otherwise ``--ref-load`` gives the weights (no
+``megatron`` (``MegatronConfig``) and ``loss`` (``LossConfig``) are the frozen configs the driver resolved from the
+flags; the actor reads no argument namespace (a user's ``--custom-loss-function-path`` function gets ``hook_args``).
+
+Initial weights, as slime: ``--load`` with a tracker file resumes (weights, optimizer, scheduler, RNG;
+``start_rollout_id`` = saved iteration + 1); otherwise ``--ref-load`` gives the weights (no
 optimizer state, ``start_rollout_id`` 0); otherwise the ``--hf-checkpoint`` safetensors. With ``--use-kl-loss`` or
 ``--kl-coef`` the ``--ref-load`` weights are kept in host memory and swapped into the model for the reference pass.
 """
@@ -20,22 +24,29 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from slime_entropy.megatron import cpu_shim
+from slime_entropy.problems import Problems
+
+if TYPE_CHECKING:
+    from slime_entropy.loss.bound import BoundLoss
+    from slime_entropy.loss.config import LossConfig
+    from slime_entropy.megatron.config import MegatronConfig
 
 __all__ = ["MegatronActor"]
 
 logger = logging.getLogger(__name__)
 
 
-def initialize_parallel_state(settings, world_size: int) -> None:
-    """megatron-core's parallel state for ``settings`` (or check that the existing one matches)."""
+def initialize_parallel_state(megatron: MegatronConfig, world_size: int) -> None:
+    """megatron-core's parallel state for ``megatron``'s layout (or check that the existing one matches)."""
     from megatron.core import parallel_state as mpu
 
-    build = settings.build
+    build = megatron.build
     if mpu.model_parallel_is_initialized():
         current = (mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size())
         wanted = (build.tensor_model_parallel_size, build.pipeline_model_parallel_size)
@@ -45,7 +56,7 @@ def initialize_parallel_state(settings, world_size: int) -> None:
     mpu.initialize_model_parallel(
         tensor_model_parallel_size=build.tensor_model_parallel_size,
         pipeline_model_parallel_size=build.pipeline_model_parallel_size,
-        context_parallel_size=settings.context_parallel_size,
+        context_parallel_size=megatron.context_parallel_size,
         expert_model_parallel_size=build.expert_model_parallel_size,
         expert_tensor_parallel_size=build.expert_tensor_parallel_size,
     )
@@ -54,10 +65,17 @@ def initialize_parallel_state(settings, world_size: int) -> None:
 class MegatronActor:
     """Model, optimizer and checkpoints of one training rank (see module docstring)."""
 
-    def __init__(self, args: argparse.Namespace, *, num_total_steps: int):
+    def __init__(
+        self,
+        megatron: MegatronConfig,
+        loss: LossConfig,
+        *,
+        num_total_steps: int,
+        hook_args: argparse.Namespace | None = None,
+    ):
+        """``hook_args``: handed only to a user's ``--custom-loss-function-path`` function (slime's signature)."""
         from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-        from slime_entropy.megatron.config import MegatronConfig
         from slime_entropy.megatron.checkpoint import checkpoint_path, load_checkpoint
         from slime_entropy.megatron.groups import ActorGroups
         from slime_entropy.megatron.hf_bridge import load_hf_weights
@@ -68,17 +86,23 @@ class MegatronActor:
             raise RuntimeError("initialise torch.distributed (NCCL on GPUs, gloo on CPUs) before building the actor")
         cpu_shim.apply()
         world_size = dist.get_world_size()
-        self.settings = settings = MegatronConfig.from_args(args, world_size=world_size)
-        if args.vocab_size is None:
-            args.vocab_size = settings.arch.vocab_size  # the loss ignores Megatron's padded vocabulary columns
-        self.args = args
-        initialize_parallel_state(settings, world_size)
-        torch.manual_seed(settings.seed)
-        model_parallel_cuda_manual_seed(settings.seed)
+        if megatron.world_size is not None and megatron.world_size != world_size:
+            raise ValueError(
+                f"the Megatron config was checked for {megatron.world_size} training ranks but this world has "
+                f"{world_size}; resolve it with MegatronConfig.from_args(args, world_size={world_size}, ...)"
+            )
+        problems = Problems()
+        problems.extend(megatron.layout_problems(world_size))
+        problems.raise_if_any(f"Megatron layout for a world of {world_size} ranks")
+        self.megatron = megatron
+        initialize_parallel_state(megatron, world_size)
+        torch.manual_seed(megatron.seed)
+        model_parallel_cuda_manual_seed(megatron.seed)
         self.groups = ActorGroups.from_megatron()
-        self.transformer_config = build_transformer_config(settings.arch, settings.build)
-        gpt = build_gpt_model(settings.arch, settings.build, self.transformer_config)
-        ckpt = settings.checkpoint
+        self.loss = self.bind_loss(loss, hook_args=hook_args)
+        self.transformer_config = build_transformer_config(megatron.arch, megatron.build)
+        gpt = build_gpt_model(megatron.arch, megatron.build, self.transformer_config)
+        ckpt = megatron.checkpoint
 
         self.ref_weights: dict[str, torch.Tensor] | None = None
         ref = checkpoint_path(ckpt.ref_load, ckpt.ref_ckpt_step) if ckpt.ref_load else None
@@ -94,12 +118,12 @@ class MegatronActor:
                 self.ref_weights = _snapshot(gpt)
             logger.info("initial weights from --ref-load %s", ref[0])
         else:
-            load_hf_weights(gpt, settings.arch, ckpt.hf_checkpoint)
+            load_hf_weights(gpt, megatron.arch, ckpt.hf_checkpoint)
             logger.info("initial weights from --hf-checkpoint %s", ckpt.hf_checkpoint)
 
-        self.model = wrap_for_training(gpt, self.transformer_config, settings.build, settings.optimizer)
-        self.optimizer = build_optimizer(self.model, self.transformer_config, settings.optimizer, settings.build.bf16)
-        self.scheduler = build_lr_scheduler(self.optimizer, settings.optimizer, num_total_steps)
+        self.model = wrap_for_training(gpt, self.transformer_config, megatron.build, megatron.optimizer)
+        self.optimizer = build_optimizer(self.model, self.transformer_config, megatron.optimizer, megatron.build.bf16)
+        self.scheduler = build_lr_scheduler(self.optimizer, megatron.optimizer, num_total_steps)
         self.start_rollout_id = 0
         if resume is not None:
             load_optimizer = not (ckpt.no_load_optim or ckpt.finetune)
@@ -115,18 +139,31 @@ class MegatronActor:
                 self.start_rollout_id = int(iteration) + 1
             logger.info("resumed from --load %s (iteration %s)", resume[0], iteration)
 
+    def bind_loss(self, loss: LossConfig, *, hook_args: argparse.Namespace | None = None) -> BoundLoss:
+        """``loss`` bound to this actor's process groups, global batch size and vocabulary (the model's true
+        vocabulary: Megatron pads the output layer beyond it)."""
+        from slime_entropy.loss.bound import BoundLoss
+
+        return BoundLoss(
+            loss,
+            self.groups.loss,
+            global_batch_size=self.megatron.batching.global_batch_size,
+            vocab_size=self.megatron.arch.vocab_size,
+            hook_args=hook_args,
+        )
+
     # ---- passes -------------------------------------------------------------------------------------------------
 
     @property
     def _log_prob_batching(self) -> dict:
-        b = self.settings.batching
+        b = self.megatron.batching
         if b.use_dynamic_batch_size:
             return {"micro_batch_size": None, "max_tokens": b.log_probs_token_budget}
         return {"micro_batch_size": b.micro_batch_size, "max_tokens": None}
 
     @property
     def _train_batching(self) -> dict:
-        b = self.settings.batching
+        b = self.megatron.batching
         if b.use_dynamic_batch_size:
             return {"micro_batch_size": None, "max_tokens": b.max_tokens_per_gpu}
         return {"micro_batch_size": b.micro_batch_size, "max_tokens": None}
@@ -137,7 +174,7 @@ class MegatronActor:
         stage only)."""
         from slime_entropy.megatron.train_step import compute_log_probs
 
-        kwargs = dict(args=self.args, groups=self.groups, pad_multiple=self.settings.batching.pad_multiple)
+        kwargs = dict(loss=self.loss, groups=self.groups, pad_multiple=self.megatron.batching.pad_multiple)
         if self.ref_weights is not None:
             with _swapped_weights(self.model, self.ref_weights):
                 compute_log_probs(
@@ -156,9 +193,12 @@ class MegatronActor:
         """Optimizer steps over this DP rank's share of one rollout, ``global_batch_size / DP`` samples each."""
         from slime_entropy.megatron.train_step import compute_step_threshold, train_step
 
-        gbs = self.settings.batching.global_batch_size or getattr(self.args, "global_batch_size", None)
-        if not gbs:
-            raise ValueError("--global-batch-size is required for training (samples per optimizer step)")
+        gbs = self.megatron.batching.global_batch_size
+        if gbs is None:
+            raise ValueError(
+                "training needs the global batch size (samples per optimizer step): pass --global-batch-size, or "
+                "resolve the configs with TrainerConfig.from_args, which derives it from the rollout batch"
+            )
         dp = self.groups.dp_cp_size
         if gbs % dp:
             raise ValueError(f"--global-batch-size {gbs} must be a multiple of the data-parallel size {dp}")
@@ -166,12 +206,9 @@ class MegatronActor:
         if len(samples) % per_rank:
             raise ValueError(
                 f"rollout {rollout_id}: this rank has {len(samples)} samples, not a multiple of "
-                f"global_batch_size / DP "
-                f"= {per_rank}"
+                f"global_batch_size / DP = {per_rank}"
             )
-        from slime_entropy.loss.config import LossConfig
-
-        entropy_filter = LossConfig.from_args(self.args).entropy_filter
+        entropy_filter = self.loss.config.entropy_filter
         use_step_scope = entropy_filter.enabled and entropy_filter.threshold_scope == "step"
         results = []
         for start in range(0, len(samples), per_rank):
@@ -186,9 +223,9 @@ class MegatronActor:
                 self.optimizer,
                 self.scheduler,
                 step_samples,
-                args=self.args,
+                loss=self.loss,
                 groups=self.groups,
-                pad_multiple=self.settings.batching.pad_multiple,
+                pad_multiple=self.megatron.batching.pad_multiple,
                 step_threshold=threshold,
                 **self._train_batching,
             )
@@ -202,7 +239,7 @@ class MegatronActor:
         """torch_dist checkpoint of iteration ``rollout_id`` into ``--save`` (atomic), plus ``--save-hf``."""
         from slime_entropy.megatron.checkpoint import save_checkpoint
 
-        ckpt = self.settings.checkpoint
+        ckpt = self.megatron.checkpoint
         if ckpt.save is None:
             raise ValueError("saving needs --save DIR")
         path = save_checkpoint(ckpt.save, rollout_id, self.model, self.optimizer, self.scheduler, groups=self.groups)
@@ -212,7 +249,7 @@ class MegatronActor:
 
     def maybe_save(self, rollout_id: int, num_rollout: int | None = None) -> Path | None:
         """Save when ``(rollout_id + 1) % --save-interval == 0`` or at the last rollout (slime's rule)."""
-        ckpt = self.settings.checkpoint
+        ckpt = self.megatron.checkpoint
         if ckpt.save is None or ckpt.save_interval is None:
             return None
         last = num_rollout is not None and rollout_id + 1 == num_rollout
@@ -224,12 +261,12 @@ class MegatronActor:
         """HF checkpoint (safetensors in the source checkpoint's dtype, config, tokenizer) of the current weights."""
         from slime_entropy.megatron.hf_bridge import save_hf_checkpoint
 
-        dtype = getattr(torch, self.settings.arch.torch_dtype, None)
+        dtype = getattr(torch, self.megatron.arch.torch_dtype, None)
         return save_hf_checkpoint(
             self.model,
-            self.settings.arch,
+            self.megatron.arch,
             out_dir,
-            self.settings.checkpoint.hf_checkpoint,
+            self.megatron.checkpoint.hf_checkpoint,
             dtype=dtype,
             groups=self.groups,
         )

@@ -1,12 +1,17 @@
 """Frozen configs of the Megatron actor, built from the flags ``slime_entropy.megatron.arguments`` registers.
 
-:meth:`MegatronConfig.from_args` is the only place that reads those flags. It validates everything at once and
-raises one ``ValueError`` naming each flag and its fix; the rest of ``slime_entropy.megatron`` receives the frozen
-objects.
+:meth:`MegatronConfig.from_args` is the only place that reads those flags. Every config reports what is wrong with
+it through ``problems() -> Problems`` (``slime_entropy.problems``); ``from_args`` gathers them all and raises one
+``ValueError`` naming each flag and its fix, and the rest of ``slime_entropy.megatron`` receives the frozen objects.
+
+:func:`parallel_size_problems` is the one home of the rules that tie the parallel sizes to the model and the rank
+count (TP divides the heads, PP the layers, ...): the actor's config and the dry run's layout check
+(``slime_entropy.launch.checks``) call it.
 
 Defaults follow slime where slime overrides Megatron (``--seed 1234``, ``--micro-batch-size 1``, distributed
-optimizer on, ``--clip-grad 1.0``). ``--bf16`` defaults to on where the hardware has bf16 (a CUDA GPU that reports
-it) and off on a CPU (no native bf16 on most CPUs; pass ``--bf16`` to force it).
+optimizer on, ``--clip-grad 1.0``). ``--bf16`` defaults to on for a GPU run (``on_gpu``: every CUDA GPU runs bf16,
+natively or emulated; pass ``--no-bf16`` for fp32) and off on a CPU (no native bf16 on most CPUs; pass ``--bf16``
+to force it).
 """
 
 from __future__ import annotations
@@ -14,18 +19,53 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, fields
-from typing import Any
-
-import torch
 
 from slime_entropy.megatron.arguments import LR_DECAY_STYLES
 from slime_entropy.megatron.architecture import HFArchitecture, check_model_args, padded_vocab_size
-from slime_entropy.megatron.model import ModelBuildConfig
 from slime_entropy.problems import Problems
 
-__all__ = ["OptimizerConfig", "BatchingConfig", "CheckpointConfig", "MegatronConfig"]
+__all__ = [
+    "ModelBuildConfig",
+    "OptimizerConfig",
+    "BatchingConfig",
+    "CheckpointConfig",
+    "MegatronConfig",
+    "parallel_size_problems",
+    "flag_problems",
+]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelBuildConfig:
+    """How to build the model (everything except the architecture, which comes from config.json).
+
+    ``transformer_impl``: ``"auto"`` (TE when usable), ``"local"`` or ``"transformer_engine"``.
+    ``recompute_*``: Megatron's activation recompute (``--recompute-granularity full --recompute-method uniform``).
+    """
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    expert_model_parallel_size: int = 1
+    expert_tensor_parallel_size: int | None = None
+    sequence_parallel: bool = False
+    bf16: bool = False
+    make_vocab_size_divisible_by: int = 128
+    transformer_impl: str = "auto"
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    recompute_granularity: str | None = None
+    recompute_method: str | None = None
+    recompute_num_layers: int | None = None
+    moe_grouped_gemm: bool = False
+    moe_token_dispatcher_type: str = "alltoall"
+    moe_aux_loss_coeff: float = 0.0
+    moe_router_dtype: str | None = "fp32"
+    calculate_per_token_loss: bool = False
+    accumulate_allreduce_grads_in_fp32: bool = False
+    attention_softmax_in_fp32: bool = True
+
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
@@ -47,7 +87,7 @@ class OptimizerConfig:
     optimizer_cpu_offload: bool = False
     overlap_cpu_optimizer_d2h_h2d: bool = False
 
-    def problems(self) -> list[str]:
+    def problems(self) -> Problems:
         p = Problems()
         p.check(self.lr >= 0, f"--lr must be >= 0, got {self.lr}")
         p.check(0 <= self.min_lr <= self.lr, f"--min-lr ({self.min_lr}) must lie in [0, --lr ({self.lr})]")
@@ -66,11 +106,11 @@ class OptimizerConfig:
             not self.optimizer_cpu_offload or self.use_distributed_optimizer,
             "--optimizer-cpu-offload needs the distributed optimizer (drop --no-use-distributed-optimizer)",
         )
-        return p.messages
+        return p
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> OptimizerConfig:
-        """Read slime's optimizer flags; validation is :meth:`problems`."""
+        """Read slime's optimizer flags (no checks: see :meth:`problems`)."""
         return cls(
             lr=args.lr,
             min_lr=args.min_lr,
@@ -107,7 +147,7 @@ class BatchingConfig:
     log_probs_max_tokens_per_gpu: int | None = None
     pad_multiple: int = 128
 
-    def problems(self) -> list[str]:
+    def problems(self) -> Problems:
         p = Problems()
         p.check(self.micro_batch_size >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}")
         p.check(
@@ -127,7 +167,7 @@ class BatchingConfig:
             "--log-probs-max-tokens-per-gpu only applies with --use-dynamic-batch-size",
         )
         p.check(self.pad_multiple >= 1, f"--data-pad-size-multiplier must be >= 1, got {self.pad_multiple}")
-        return p.messages
+        return p
 
     @property
     def log_probs_token_budget(self) -> int | None:
@@ -148,7 +188,8 @@ class BatchingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointConfig:
-    """slime's checkpoint flags (see slime-reference §10)."""
+    """slime's checkpoint flags: ``--load``/``--save`` torch_dist directories with slime's tracker file,
+    ``--ref-load`` for the initial (and reference) weights, ``--save-hf`` for HF exports of the saved weights."""
 
     hf_checkpoint: str
     load: str | None = None
@@ -163,7 +204,7 @@ class CheckpointConfig:
     finetune: bool = False
     needs_ref_model: bool = False
 
-    def problems(self) -> list[str]:
+    def problems(self) -> Problems:
         p = Problems()
         p.check(
             self.save_interval is None or self.save_interval >= 1,
@@ -175,7 +216,7 @@ class CheckpointConfig:
             "--use-kl-loss / --kl-coef need the reference model: pass --ref-load <torch_dist dir> (convert the HF "
             "checkpoint with slime-entropy-convert hf-to-torch-dist)",
         )
-        return p.messages
+        return p
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CheckpointConfig:
@@ -197,13 +238,99 @@ class CheckpointConfig:
         )
 
 
+def parallel_size_problems(
+    arch: HFArchitecture | None,
+    *,
+    tensor: int,
+    pipeline: int,
+    context: int,
+    expert: int,
+    expert_tensor: int | None,
+    sequence_parallel: bool,
+    world_size: int | None,
+) -> list[str]:
+    """Every reason Megatron cannot split ``arch`` over these parallel sizes and ``world_size`` ranks.
+
+    ``arch`` None: only the rules that need no model (sizes >= 1, CP, the rank count). ``expert_tensor`` None:
+    the expert tensor-parallel size is TP (megatron-core's default). ``world_size`` None: the rank count is not
+    checked. Empty when the layout works. Each message names the flag and the fix.
+    """
+    sizes = {
+        "--tensor-model-parallel-size": tensor,
+        "--pipeline-model-parallel-size": pipeline,
+        "--context-parallel-size": context,
+        "--expert-model-parallel-size": expert,
+        "--expert-tensor-parallel-size": 1 if expert_tensor is None else expert_tensor,
+    }
+    p = Problems()
+    for flag, value in sizes.items():
+        p.check(value >= 1, f"{flag} must be >= 1, got {value}")
+    if p:
+        return p.messages  # the divisibility rules below mean nothing for sizes < 1
+    tp, pp, cp, ep = tensor, pipeline, context, expert
+    etp = expert_tensor or tp
+    p.check(
+        cp == 1,
+        f"--context-parallel-size {cp}: slime_entropy's actor does not support context parallelism yet; use "
+        "--context-parallel-size 1 (more TP, or dynamic batching with a larger --max-tokens-per-gpu for long "
+        "sequences)",
+    )
+    if world_size is not None:
+        p.check(
+            world_size % (tp * pp * cp) == 0,
+            f"{world_size} training ranks are not a multiple of TP x PP x CP = {tp} x {pp} x {cp}: no whole model "
+            "replicas; change the rank count or the parallel sizes",
+        )
+        p.check(
+            ep == 1 or (world_size // pp) % (ep * etp) == 0,
+            f"--expert-model-parallel-size {ep} x expert TP {etp} must divide the {world_size // pp} ranks of a "
+            "pipeline stage",
+        )
+    if arch is None:
+        return p.messages
+    p.check(
+        arch.num_attention_heads % tp == 0 and arch.num_query_groups % tp == 0,
+        f"--tensor-model-parallel-size {tp} must divide the {arch.num_attention_heads} attention heads and the "
+        f"{arch.num_query_groups} query groups",
+    )
+    p.check(
+        arch.num_layers % pp == 0,
+        f"--pipeline-model-parallel-size {pp} must divide the {arch.num_layers} layers (uneven stages are not "
+        "supported)",
+    )
+    if arch.is_moe:
+        p.check(
+            arch.num_experts % ep == 0, f"--expert-model-parallel-size {ep} must divide the {arch.num_experts} experts"
+        )
+        p.check(
+            arch.moe_ffn_hidden_size is None or arch.moe_ffn_hidden_size % etp == 0,
+            f"the expert tensor-parallel size {etp} (--expert-tensor-parallel-size, default TP) must divide the "
+            f"expert FFN size {arch.moe_ffn_hidden_size}",
+        )
+        p.check(
+            not (ep > 1 and tp > 1 and not sequence_parallel),
+            f"expert parallelism ({ep}) with tensor parallelism ({tp}) needs --sequence-parallel (megatron-core "
+            "requires it)",
+        )
+    else:
+        p.check(ep == 1, f"--expert-model-parallel-size {ep} needs an MoE model; drop it")
+        p.check(expert_tensor in (None, tp), "--expert-tensor-parallel-size only applies to MoE models; drop it")
+    return p.messages
+
+
 def flag_problems(args: argparse.Namespace) -> list[str]:
     """The checks of the actor's flags that need neither the model nor the hardware: optimizer, batching,
-    checkpoints, precision and MoE dispatch. Shared by the actor and ``train.py --dry-run``."""
+    checkpoints, precision and MoE dispatch. Part of :meth:`MegatronConfig.from_args`; ``train.py --dry-run``
+    runs them on their own."""
     p = Problems()
-    p.messages += OptimizerConfig.from_args(args).problems()
-    p.messages += BatchingConfig.from_args(args).problems()
-    p.messages += CheckpointConfig.from_args(args).problems()
+    for part in (OptimizerConfig, BatchingConfig, CheckpointConfig):
+        p.extend(part.from_args(args).problems().messages)
+    p.extend(_precision_and_dispatch_problems(args))
+    return p.messages
+
+
+def _precision_and_dispatch_problems(args: argparse.Namespace) -> list[str]:
+    p = Problems()
     p.check(not args.fp16, "--fp16 is not supported; use --bf16 (slime's default)")
     p.check(
         args.make_vocab_size_divisible_by >= 1,
@@ -219,7 +346,11 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
 
 @dataclass(frozen=True, kw_only=True)
 class MegatronConfig:
-    """Everything the Megatron actor needs, resolved once from ``args``."""
+    """Everything the Megatron actor needs, resolved once from ``args``.
+
+    ``world_size``: the number of training ranks the layout was checked against (None: not checked; the actor
+    then checks its own world).
+    """
 
     arch: HFArchitecture
     build: ModelBuildConfig
@@ -228,6 +359,7 @@ class MegatronConfig:
     checkpoint: CheckpointConfig
     context_parallel_size: int = 1
     seed: int = 1234
+    world_size: int | None = None
 
     @property
     def padded_vocab_size(self) -> int:
@@ -243,75 +375,56 @@ class MegatronConfig:
             * self.context_parallel_size
         )
 
+    def layout_problems(self, world_size: int | None) -> list[str]:
+        """:func:`parallel_size_problems` of this model and layout on ``world_size`` ranks."""
+        build = self.build
+        return parallel_size_problems(
+            self.arch,
+            tensor=build.tensor_model_parallel_size,
+            pipeline=build.pipeline_model_parallel_size,
+            context=self.context_parallel_size,
+            expert=build.expert_model_parallel_size,
+            expert_tensor=build.expert_tensor_parallel_size,
+            sequence_parallel=build.sequence_parallel,
+            world_size=world_size,
+        )
+
+    def problems(self) -> Problems:
+        """The layout against the model and ``world_size``, and every part's own problems."""
+        p = Problems()
+        p.extend(self.layout_problems(self.world_size))
+        for part in (self.optimizer, self.batching, self.checkpoint):
+            p.extend(part.problems().messages)
+        return p
+
     @classmethod
-    def from_args(
-        cls, args: argparse.Namespace, world_size: int | None = None, *, on_gpu: bool | None = None
-    ) -> MegatronConfig:
-        """Validate and freeze. ``world_size``: the number of training ranks, to check the layout against;
-        ``on_gpu``: the ranks run on CUDA GPUs (None: whether this machine has one)."""
+    def from_args(cls, args: argparse.Namespace, *, world_size: int | None, on_gpu: bool) -> MegatronConfig:
+        """Validate and freeze. ``world_size``: the number of training ranks to check the layout against (None: not
+        checked). ``on_gpu``: whether the run trains on GPUs (the caller decides: the dry run plans GPU runs on
+        machines without one)."""
         if getattr(args, "hf_checkpoint", None) is None:
             raise ValueError("--hf-checkpoint is required: the HF model directory the actor builds its model from")
         arch = HFArchitecture.from_hf_checkpoint(args.hf_checkpoint)
         check_model_args(args, arch, source=f"{args.hf_checkpoint}/config.json")
         problems = Problems()
-        on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
-        tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-        cp, ep = args.context_parallel_size, args.expert_model_parallel_size
-        for flag, value in (
-            ("--tensor-model-parallel-size", tp),
-            ("--pipeline-model-parallel-size", pp),
-            ("--context-parallel-size", cp),
-            ("--expert-model-parallel-size", ep),
-        ):
-            problems.check(value >= 1, f"{flag} must be >= 1, got {value}")
         problems.check(
-            cp == 1,
-            f"--context-parallel-size {cp}: context parallelism is not supported by slime_entropy's actor yet; use "
-            "--context-parallel-size 1 (more TP or dynamic batching for long sequences)",
-        )
-        problems.check(
-            arch.num_attention_heads % max(tp, 1) == 0 and arch.num_query_groups % max(tp, 1) == 0,
-            f"--tensor-model-parallel-size {tp} must divide the attention heads ({arch.num_attention_heads}) and the "
-            f"query groups ({arch.num_query_groups})",
-        )
-        problems.check(
-            arch.num_layers % max(pp, 1) == 0,
-            f"--pipeline-model-parallel-size {pp} must divide --num-layers ({arch.num_layers})",
-        )
-        if arch.is_moe:
-            problems.check(
-                arch.num_experts % max(ep, 1) == 0,
-                f"--expert-model-parallel-size {ep} must divide the {arch.num_experts} experts",
-            )
-        else:
-            problems.check(ep == 1, f"--expert-model-parallel-size {ep} needs an MoE model; drop it")
-        if world_size is not None:
-            problems.check(
-                world_size % (tp * pp * cp) == 0,
-                f"{world_size} training ranks are not a multiple of TP x PP x CP = {tp}x{pp}x{cp}",
-            )
-        problems.check(
-            not (args.sequence_parallel and not on_gpu),
+            on_gpu or not args.sequence_parallel,
             "--sequence-parallel is not available on CPU (megatron-core's torch norms reject it without "
             "transformer-engine/apex); drop it for CPU runs",
         )
         if args.vocab_size is not None:
             problems.check(args.vocab_size == arch.vocab_size, "--vocab-size must equal config.json's vocab_size")
-        problems.check(
-            not (args.moe_grouped_gemm and not on_gpu), "--moe-grouped-gemm needs transformer-engine on a GPU"
-        )
-        problems.messages += flag_problems(args)
-        bf16 = args.bf16
-        if bf16 is None:
-            # planned from a machine without a GPU: the GPUs of the plan (A100, H100) have bf16
-            bf16 = bool(on_gpu and (torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True))
+        problems.check(on_gpu or not args.moe_grouped_gemm, "--moe-grouped-gemm needs transformer-engine on a GPU")
+        problems.extend(_precision_and_dispatch_problems(args))
+        tp = args.tensor_model_parallel_size
+        bf16 = on_gpu if args.bf16 is None else bool(args.bf16)
         build = ModelBuildConfig(
             tensor_model_parallel_size=tp,
-            pipeline_model_parallel_size=pp,
-            expert_model_parallel_size=ep,
+            pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+            expert_model_parallel_size=args.expert_model_parallel_size,
             expert_tensor_parallel_size=args.expert_tensor_parallel_size,
             sequence_parallel=bool(args.sequence_parallel and tp > 1),
-            bf16=bool(bf16),
+            bf16=bf16,
             make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
             transformer_impl=args.transformer_impl,
             attention_dropout=args.attention_dropout,
@@ -327,25 +440,23 @@ class MegatronConfig:
             accumulate_allreduce_grads_in_fp32=bool(args.accumulate_allreduce_grads_in_fp32),
             attention_softmax_in_fp32=True,
         )
-        optimizer = OptimizerConfig.from_args(args)
-        batching = BatchingConfig.from_args(args)
-        checkpoint = CheckpointConfig.from_args(args)
-        if problems.messages:
-            raise ValueError("invalid Megatron actor flags:\n  - " + "\n  - ".join(problems.messages))
-        settings = cls(
+        config = cls(
             arch=arch,
             build=build,
-            optimizer=optimizer,
-            batching=batching,
-            checkpoint=checkpoint,
-            context_parallel_size=cp,
+            optimizer=OptimizerConfig.from_args(args),
+            batching=BatchingConfig.from_args(args),
+            checkpoint=CheckpointConfig.from_args(args),
+            context_parallel_size=args.context_parallel_size,
             seed=args.seed,
+            world_size=world_size,
         )
-        logger.info("slime_entropy megatron settings: %s", _describe(settings))
-        return settings
+        problems.extend(config.problems().messages)
+        problems.raise_if_any("Megatron actor flags")
+        logger.info("slime_entropy megatron settings: %s", _describe(config))
+        return config
 
 
-def _describe(obj: Any) -> str:
+def _describe(obj: object) -> str:
     if hasattr(obj, "__dataclass_fields__"):
         return (
             f"{type(obj).__name__}("

@@ -44,7 +44,7 @@ def _build(args: argparse.Namespace, hf_dir: str):
     world = dist.get_world_size()
     if world > 1 and args.pipeline_model_parallel_size == 1 and args.tensor_model_parallel_size == 1:
         args.pipeline_model_parallel_size = world
-    settings = MegatronConfig.from_args(args, world_size=world)
+    settings = MegatronConfig.from_args(args, world_size=world, on_gpu=torch.cuda.is_available())
     initialize_parallel_state(settings, world)
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 

@@ -1,10 +1,11 @@
 """Run megatron-core on a CPU-only torch: redirect the few CUDA-only call sites it reaches to the CPU.
 
-megatron-core 0.16 assumes a GPU in a handful of places on the training path (cpu-stack notes §3): it allocates
-buffers with ``device=torch.cuda.current_device()`` or ``device="cuda"``, seeds and forks the tensor-parallel RNG
-through ``torch.cuda.get_rng_state``, compares ``param.type()`` with ``"torch.cuda.FloatTensor"`` when it builds the
-optimizer, and calls ``torch.cuda.synchronize()`` around checkpoint writes. On a CPU-only torch each of these raises
-(or, for ``torch.cuda.manual_seed``/``set_rng_state``, silently queues a call that never runs).
+megatron-core 0.16 assumes a GPU in a handful of places on the training path (``tests/megatron/test_cpu_shim.py``
+guards the list against megatron-core upgrades): it allocates buffers with ``device=torch.cuda.current_device()``
+or ``device="cuda"``, seeds and forks the tensor-parallel RNG through ``torch.cuda.get_rng_state``, compares
+``param.type()`` with ``"torch.cuda.FloatTensor"`` when it builds the optimizer, and calls ``torch.cuda.synchronize()``
+around checkpoint writes. On a CPU-only torch each of these raises (or, for ``torch.cuda.manual_seed``/
+``set_rng_state``, silently queues a call that never runs).
 
 :func:`apply` redirects exactly those, once per process, and only when CUDA is unavailable:
 

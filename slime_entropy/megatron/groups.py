@@ -1,8 +1,9 @@
 """The actor's view of Megatron's process groups, read from ``parallel_state`` once and passed down.
 
-The loss reads its own groups through ``slime_entropy.parallel.ParallelGroups``; this object adds what the actor
-needs beyond the loss: the pipeline group and stage flags (which ranks compute losses), the data-parallel group
-(which ranks must run the same number of micro-batches), and the global rank for checkpoint bookkeeping.
+It holds the loss's groups (``slime_entropy.parallel.ParallelGroups``: TP, CP, DP x CP, read once here and bound
+into the actor's loss) and adds what the actor needs beyond the loss: the pipeline group and stage flags (which ranks
+compute losses), the data-parallel group (which ranks must run the same number of micro-batches), and the global
+rank for checkpoint bookkeeping.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from slime_entropy import collectives
+from slime_entropy.parallel import ParallelGroups
 
 __all__ = ["ActorGroups", "comm_device", "init_default_process_group"]
 
@@ -50,10 +52,14 @@ class ActorGroups:
 
     world: ProcessGroup | None
     pp: ProcessGroup | None
-    dp_cp: ProcessGroup | None
+    loss: ParallelGroups
     is_first_stage: bool
     is_last_stage: bool
     global_rank: int
+
+    @property
+    def dp_cp(self) -> ProcessGroup | None:
+        return self.loss.dp_cp
 
     @property
     def dp_cp_size(self) -> int:
@@ -68,7 +74,7 @@ class ActorGroups:
         from megatron.core import parallel_state as mpu
 
         if not dist.is_initialized():
-            return cls(None, None, None, True, True, 0)
+            return cls(None, None, ParallelGroups(), True, True, 0)
 
         def nontrivial(group: ProcessGroup) -> ProcessGroup | None:
             return group if dist.get_world_size(group) > 1 else None
@@ -76,7 +82,7 @@ class ActorGroups:
         return cls(
             world=nontrivial(dist.group.WORLD),
             pp=nontrivial(mpu.get_pipeline_model_parallel_group()),
-            dp_cp=nontrivial(mpu.get_data_parallel_group(with_context_parallel=True)),
+            loss=ParallelGroups.from_megatron(),
             is_first_stage=mpu.is_pipeline_first_stage(ignore_virtual=True),
             is_last_stage=mpu.is_pipeline_last_stage(ignore_virtual=True),
             global_rank=dist.get_rank(),

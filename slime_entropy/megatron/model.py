@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,7 @@ from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from slime_entropy.megatron import cpu_shim
 from slime_entropy.megatron.architecture import HFArchitecture, padded_vocab_size
+from slime_entropy.megatron.config import ModelBuildConfig
 
 __all__ = [
     "ModelBuildConfig",
@@ -38,36 +38,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelBuildConfig:
-    """How to build the model (everything except the architecture, which comes from config.json).
-
-    ``transformer_impl``: ``"auto"`` (TE when usable), ``"local"`` or ``"transformer_engine"``.
-    ``recompute_*``: Megatron's activation recompute (``--recompute-granularity full --recompute-method uniform``).
-    """
-
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    expert_model_parallel_size: int = 1
-    expert_tensor_parallel_size: int | None = None
-    sequence_parallel: bool = False
-    bf16: bool = False
-    make_vocab_size_divisible_by: int = 128
-    transformer_impl: str = "auto"
-    attention_dropout: float = 0.0
-    hidden_dropout: float = 0.0
-    recompute_granularity: str | None = None
-    recompute_method: str | None = None
-    recompute_num_layers: int | None = None
-    moe_grouped_gemm: bool = False
-    moe_token_dispatcher_type: str = "alltoall"
-    moe_aux_loss_coeff: float = 0.0
-    moe_router_dtype: str | None = "fp32"
-    calculate_per_token_loss: bool = False
-    accumulate_allreduce_grads_in_fp32: bool = False
-    attention_softmax_in_fp32: bool = True
 
 
 def transformer_engine_usable() -> bool:

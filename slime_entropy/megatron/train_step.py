@@ -7,14 +7,14 @@ One optimizer step::
     [--entropy-threshold-scope step] valid old-policy entropies of the step ──select_top_fraction over DP──► tau
     forward_backward(loss_function per micro-batch) ──finalize grads (DP reduce)──► optimizer.step ──► lr step
 
-The loss (``slime_entropy.loss.loss_function``) runs only on the last pipeline stage, once per micro-batch, inside
-Megatron's schedule, with slime's scaling: the step's gradient is that of (1/global_batch_size) x the sum over the
-step's samples of their per-sample means, for any TP/DP/micro-batch split.
+The loss (``slime_entropy.loss.bound.BoundLoss``, bound once by the actor to its config and process groups) runs
+only on the last pipeline stage, once per micro-batch, inside Megatron's schedule, with slime's scaling: the step's
+gradient is that of (1/global_batch_size) x the sum over the step's samples of their per-sample means, for any
+TP/DP/micro-batch split.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -24,6 +24,7 @@ import torch
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from slime_entropy import collectives
+from slime_entropy.loss.bound import BoundLoss
 from slime_entropy.loss.policy_loss import STEP_THRESHOLD_KEY
 from slime_entropy.megatron.batching import TrainSample, build_micro_batch, plan_micro_batches
 from slime_entropy.megatron.groups import ActorGroups, comm_device
@@ -67,7 +68,7 @@ def compute_log_probs(
     model,
     samples: Sequence[TrainSample],
     *,
-    args: argparse.Namespace,
+    loss: BoundLoss,
     groups: ActorGroups,
     micro_batch_size: int | None,
     max_tokens: int | None,
@@ -78,11 +79,9 @@ def compute_log_probs(
     """No-grad pass: store per-sample log-probs (``sample.fields[store_as]``) and, optionally, entropies
     (``sample.fields["entropy"]``) of the response tokens under the model's current weights.
 
-    Uses ``slime_entropy.loss.get_log_probs_and_entropy`` (tempered by ``--rollout-temperature``). Results exist on
-    the last pipeline stage only (the only stage with logits); other stages store nothing. Collective.
+    Uses ``loss.log_probs_and_entropy`` (tempered by ``--rollout-temperature``). Results exist on the last pipeline
+    stage only (the only stage with logits); other stages store nothing. Collective.
     """
-    from slime_entropy.loss import get_log_probs_and_entropy
-
     if not samples and groups.dp_cp is None:
         return
     device = comm_device()
@@ -97,14 +96,7 @@ def compute_log_probs(
 
     def loss_func_for(batch: dict, num_micro_batches: int):
         def loss_func(logits: torch.Tensor):
-            out = get_log_probs_and_entropy(
-                logits.float(),
-                args=args,
-                unconcat_tokens=batch["unconcat_tokens"],
-                total_lengths=batch["total_lengths"],
-                response_lengths=batch["response_lengths"],
-                with_entropy=with_entropy,
-            )
+            out = loss.log_probs_and_entropy(batch, logits.float(), with_entropy=with_entropy)
             results.append(out)
             return logits.new_zeros(()), torch.ones((), dtype=torch.int, device=logits.device), {}
 
@@ -143,27 +135,18 @@ def compute_step_threshold(
     return select_top_fraction(values, keep_fraction, groups.dp_cp, method=method)
 
 
-def _loss_with_tensor_count(loss_function, args, batch, num_micro_batches, logits):
-    loss, num_tokens, record = loss_function(args, batch, num_micro_batches, logits)
-    if not torch.is_tensor(num_tokens):
-        # megatron-core 0.16 divides by torch.clamp(num_tokens, min=1); slime returns a plain 1 in per-sample mode.
-        num_tokens = torch.tensor(num_tokens, dtype=torch.int, device=logits.device)
-    return loss, num_tokens, record
-
-
 def train_step(
     model,
     optimizer,
     scheduler,
     samples: Sequence[TrainSample],
     *,
-    args: argparse.Namespace,
+    loss: BoundLoss,
     groups: ActorGroups,
     micro_batch_size: int | None,
     max_tokens: int | None,
     pad_multiple: int,
     step_threshold: torch.Tensor | None = None,
-    loss_function: Callable | None = None,
 ) -> dict[str, float]:
     """One optimizer step over this DP rank's ``samples`` (its share of one global batch).
 
@@ -172,8 +155,6 @@ def train_step(
     Returns slime's reduced metrics (``loss``, ``pg_loss`` ... as ``value * cp_size / weight`` summed over DP;
     last pipeline stage only) plus ``grad_norm``, ``lr`` and ``update_successful`` on every rank.
     """
-    if loss_function is None:
-        from slime_entropy.loss import loss_function
     device = comm_device()
     plan = plan_micro_batches(
         [s.total_length for s in samples],
@@ -187,7 +168,7 @@ def train_step(
             batch[STEP_THRESHOLD_KEY] = step_threshold.to(device)
 
     def loss_func_for(batch: dict, num_micro_batches: int):
-        return partial(_loss_with_tensor_count, loss_function, args, batch, num_micro_batches)
+        return partial(loss.training_loss, batch, num_micro_batches)
 
     model.train()
     model.zero_grad_buffer()

@@ -170,7 +170,9 @@ class TrainRankHandles:
         ]
         refs = [
             actor.setup.remote(
-                self.config.slime_args,  # TrainRank.setup still builds its Megatron and loss configs from these
+                self.config.megatron,
+                self.config.loss,
+                hook_args=self.config.slime_args if self.config.loss.custom_loss_function_path else None,
                 master_addr=master_addr,
                 master_port=master_port,
                 num_total_steps=num_total_steps,

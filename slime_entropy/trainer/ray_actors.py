@@ -30,6 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import argparse
+
+    from slime_entropy.loss.config import LossConfig
+    from slime_entropy.megatron.config import MegatronConfig
     from slime_entropy.rollout.config import RolloutConfig
 
 __all__ = [
@@ -144,8 +148,10 @@ class TrainRank:
 
     def setup(
         self,
-        args,
+        megatron: MegatronConfig,
+        loss: LossConfig,
         *,
+        hook_args: argparse.Namespace | None = None,
         master_addr: str,
         master_port: int,
         num_total_steps: int,
@@ -154,7 +160,10 @@ class TrainRank:
         num_threads: int,
         offload_train: bool,
     ) -> dict[str, Any]:
-        """Join the world, build model and optimizer (``--load``/``--ref-load``/HF weights), report the layout."""
+        """Join the world, build model and optimizer (``--load``/``--ref-load``/HF weights), report the layout.
+
+        ``megatron``/``loss``: the driver's resolved configs. ``hook_args``: the run's namespace, only for a user's
+        ``--custom-loss-function-path`` function (slime's hook signature); None otherwise."""
         import torch
         import torch.distributed as dist
         from megatron.core import parallel_state as mpu
@@ -178,7 +187,7 @@ class TrainRank:
             world_size=self.world_size,
             timeout=timedelta(seconds=timeout_s),
         )
-        self.actor = MegatronActor(args, num_total_steps=num_total_steps)
+        self.actor = MegatronActor(megatron, loss, num_total_steps=num_total_steps, hook_args=hook_args)
         groups = self.actor.groups
         self.info = {
             "rank": self.rank,
@@ -274,7 +283,7 @@ class TrainRank:
         sender = self.rank == 0
         bucket: list[tuple[str, Any]] = []
         size = num_sent = 0
-        for name, tensor in iter_hf_weights(self.actor.model, self.actor.settings.arch):
+        for name, tensor in iter_hf_weights(self.actor.model, self.actor.megatron.arch):
             if not sender:
                 continue
             bucket.append((name, tensor))

@@ -84,18 +84,23 @@ def _case_inputs(case, num_dp, mbs_per_rank, samples_per_mb, seed):
     return samples, schedule, args
 
 
-def _worker(rank, world, tp, cp, mbs_per_rank, samples_per_mb):
+def _worker(rank, world, layouts):
+    """Every layout of ``layouts`` ((tp, cp, mbs_per_rank, samples_per_mb), tp * cp dividing the world size) in turn
+    on this one world: the spawn and the torch + Megatron import are paid once, not once per layout."""
     from megatron.core import parallel_state as mpu
 
-    mpu.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
-    layout = megatron_layout(tp, cp)
-    outputs = []
-    for i, case in enumerate(CASES):
-        samples, schedule, args = _case_inputs(case, layout["dp_size"], mbs_per_rank, samples_per_mb, seed=i)
-        outputs.append(run_rank(args, samples, schedule, layout))
-    mpu.destroy_model_parallel()
-    layout.pop("dp_cp_group")
-    return layout, outputs
+    results = {}
+    for tp, cp, mbs_per_rank, samples_per_mb in layouts:
+        mpu.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
+        layout = megatron_layout(tp, cp)
+        outputs = []
+        for i, case in enumerate(CASES):
+            samples, schedule, args = _case_inputs(case, layout["dp_size"], mbs_per_rank, samples_per_mb, seed=i)
+            outputs.append(run_rank(args, samples, schedule, layout))
+        mpu.destroy_model_parallel()
+        layout.pop("dp_cp_group")
+        results[(tp, cp, mbs_per_rank, samples_per_mb)] = (layout, outputs)
+    return results
 
 
 def _populations(schedule, scope):
@@ -127,8 +132,40 @@ def _expected_filter_metrics(ref, samples, populations, config):
     }
 
 
-def _check_world(tp, cp, dp, mbs_per_rank=2, samples_per_mb=3):
-    results = run_world(_worker, tp * cp * dp, args=(tp, cp, mbs_per_rank, samples_per_mb), timeout=300)
+# name -> (tp, cp, dp, micro-batches per rank), three samples per micro-batch. One gloo world per world size runs
+# all of that size's layouts; each test checks its own layout's outcome.
+LAYOUTS = {
+    "tp2": (2, 1, 1, 2),
+    "dp2": (1, 1, 2, 2),
+    "tp2_dp2": (2, 1, 2, 2),
+    "cp2": (1, 2, 1, 2),
+    "cp2_dp2": (1, 2, 2, 1),
+    "tp2_cp2": (2, 2, 1, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def world_outcome():
+    """(tp, cp, dp, mbs_per_rank) -> every rank's (layout, outputs), from the world of that size (run on first use)."""
+    outcomes = {}
+
+    def outcome(tp, cp, dp, mbs_per_rank):
+        if (tp, cp, dp, mbs_per_rank) not in outcomes:
+            size = tp * cp * dp
+            keys = [key for key in LAYOUTS.values() if key[0] * key[1] * key[2] == size]
+            layouts = [(t, c, m, 3) for t, c, _, m in keys]
+            ranks = run_world(_worker, size, args=(layouts,), timeout=300 * len(layouts))
+            for key, layout in zip(keys, layouts, strict=True):
+                outcomes[key] = [rank[layout] for rank in ranks]
+        return outcomes[(tp, cp, dp, mbs_per_rank)]
+
+    return outcome
+
+
+def _check_world(world_outcome, name):
+    tp, cp, dp, mbs_per_rank = LAYOUTS[name]
+    samples_per_mb = 3
+    results = world_outcome(tp, cp, dp, mbs_per_rank)
     for i, case in enumerate(CASES):
         samples, schedule, args = _case_inputs(case, dp, mbs_per_rank, samples_per_mb, seed=i)
         config = LossConfig.from_args(args)
@@ -169,25 +206,25 @@ def _check_world(tp, cp, dp, mbs_per_rank=2, samples_per_mb=3):
                 assert reported[key] == pytest.approx(value, rel=1e-4, abs=1e-6), f"{label} {key}"
 
 
-def test_tp2():
-    _check_world(tp=2, cp=1, dp=1)
+def test_tp2(world_outcome):
+    _check_world(world_outcome, "tp2")
 
 
-def test_dp2():
-    _check_world(tp=1, cp=1, dp=2)
+def test_dp2(world_outcome):
+    _check_world(world_outcome, "dp2")
 
 
-def test_tp2_dp2():
-    _check_world(tp=2, cp=1, dp=2)
+def test_tp2_dp2(world_outcome):
+    _check_world(world_outcome, "tp2_dp2")
 
 
-def test_cp2():
-    _check_world(tp=1, cp=2, dp=1)
+def test_cp2(world_outcome):
+    _check_world(world_outcome, "cp2")
 
 
-def test_cp2_dp2():
-    _check_world(tp=1, cp=2, dp=2, mbs_per_rank=1)
+def test_cp2_dp2(world_outcome):
+    _check_world(world_outcome, "cp2_dp2")
 
 
-def test_tp2_cp2():
-    _check_world(tp=2, cp=2, dp=1, mbs_per_rank=1)
+def test_tp2_cp2(world_outcome):
+    _check_world(world_outcome, "tp2_cp2")

@@ -32,7 +32,14 @@ def main(out_dir: str) -> None:
     from slime_entropy.megatron.architecture import HFArchitecture
     from slime_entropy.megatron.hf_bridge import iter_hf_weights, load_hf_weights
     from slime_entropy.megatron.model import ModelBuildConfig, build_gpt_model, transformer_engine_usable
-    from tests.megatron.helpers import hf_reference_logits, init_megatron, make_args, make_samples, save_tiny_model
+    from tests.megatron.helpers import (
+        build_actor,
+        hf_reference_logits,
+        init_megatron,
+        make_args,
+        make_samples,
+        save_tiny_model,
+    )
 
     results = {"te": transformer_engine_usable(), "device": torch.cuda.get_device_name()}
     samples = make_samples(3, seed=5)
@@ -60,13 +67,11 @@ def main(out_dir: str) -> None:
         )
         parallel_state.destroy_model_parallel()
 
-    from slime_entropy.megatron.actor import MegatronActor
-
     hf_dir = str(out / "qwen3")
     common = ["--hf-checkpoint", hf_dir, "--global-batch-size", "4", "--lr", "1e-3", "--make-vocab-size-divisible-by",
               "1", "--high-entropy-token-filter", "--save", str(out / "ckpt"), "--micro-batch-size", "2"]  # fmt: skip
-    actor = MegatronActor(make_args(common), num_total_steps=4)
-    results["bf16"] = actor.settings.build.bf16
+    actor = build_actor(make_args(common), num_total_steps=4)
+    results["bf16"] = actor.megatron.build.bf16
     losses = []
     for step in range(3):
         batch_samples = make_samples(4, seed=50 + step)
@@ -75,15 +80,15 @@ def main(out_dir: str) -> None:
         if step == 1:
             actor.save(step)
     results["losses"] = losses
-    weights = dict(iter_hf_weights(actor.model, actor.settings.arch))
+    weights = dict(iter_hf_weights(actor.model, actor.megatron.arch))
     parallel_state.destroy_model_parallel()
 
-    resumed = MegatronActor(make_args(common + ["--load", str(out / "ckpt")]), num_total_steps=4)
+    resumed = build_actor(make_args(common + ["--load", str(out / "ckpt")]), num_total_steps=4)
     batch_samples = make_samples(4, seed=52)
     resumed.compute_log_probs(batch_samples)
     results["resumed_start"] = resumed.start_rollout_id
     results["resumed_loss"] = resumed.train(2, batch_samples)[0]["loss"]
-    resumed_weights = dict(iter_hf_weights(resumed.model, resumed.settings.arch))
+    resumed_weights = dict(iter_hf_weights(resumed.model, resumed.megatron.arch))
     results["resume_weights_exact"] = all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
     parallel_state.destroy_model_parallel()
     dist.destroy_process_group()

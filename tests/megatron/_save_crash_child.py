@@ -26,12 +26,11 @@ def main(hf_dir: str, save_dir: str) -> None:
     from megatron.core import dist_checkpointing
 
     from slime_entropy.megatron import checkpoint
-    from slime_entropy.megatron.actor import MegatronActor
-    from tests.megatron.helpers import make_args
+    from tests.megatron.helpers import build_actor, make_args
 
     args = make_args(["--hf-checkpoint", hf_dir, "--save", save_dir, "--global-batch-size", "2",
                       "--make-vocab-size-divisible-by", "1", "--logprob-entropy-backend", "eager"])  # fmt: skip
-    actor = MegatronActor(args, num_total_steps=2)
+    actor = build_actor(args, num_total_steps=2)
     actor.save(0)
     print("SAVED0", flush=True)
 

@@ -76,6 +76,18 @@ def make_args(argv: list[str]) -> argparse.Namespace:
     return add_actor_arguments(argparse.ArgumentParser()).parse_args(argv)
 
 
+def build_actor(args: argparse.Namespace, *, num_total_steps: int):
+    """The MegatronActor of ``args`` in this process's world, its configs resolved as the driver resolves them."""
+    import torch.distributed as dist
+
+    from slime_entropy.loss.config import LossConfig
+    from slime_entropy.megatron.actor import MegatronActor
+    from slime_entropy.megatron.config import MegatronConfig
+
+    megatron = MegatronConfig.from_args(args, world_size=dist.get_world_size(), on_gpu=torch.cuda.is_available())
+    return MegatronActor(megatron, LossConfig.from_args(args), num_total_steps=num_total_steps, hook_args=args)
+
+
 def make_samples(num_samples: int, seed: int = 0, vocab: int = VOCAB):
     """Rollout samples of varied lengths: random prompt/response tokens, advantages, some masked-out tokens."""
     from slime_entropy.megatron.batching import TrainSample

@@ -32,18 +32,17 @@ def _rollout(actor, rollout_id):
     mine = samples[rank * 4 // size : (rank + 1) * 4 // size]
     actor.compute_log_probs(mine)
     metrics = actor.train(rollout_id, mine)[0]
-    return metrics, dict(iter_hf_weights(actor.model, actor.settings.arch))
+    return metrics, dict(iter_hf_weights(actor.model, actor.megatron.arch))
 
 
 def _uninterrupted(rank, world_size, hf_dir, save_dir, hf_out):
-    from slime_entropy.megatron.actor import MegatronActor
-    from tests.megatron.helpers import make_args
+    from tests.megatron.helpers import build_actor, make_args
 
 
     args = make_args(
         ["--hf-checkpoint", hf_dir, "--save", save_dir, "--save-interval", "1", "--save-hf", hf_out] + COMMON
     )
-    actor = MegatronActor(args, num_total_steps=4)
+    actor = build_actor(args, num_total_steps=4)
     assert actor.start_rollout_id == 0
     first, _ = _rollout(actor, 0)
     actor.maybe_save(0)
@@ -52,12 +51,11 @@ def _uninterrupted(rank, world_size, hf_dir, save_dir, hf_out):
 
 
 def _resumed(rank, world_size, hf_dir, save_dir):
-    from slime_entropy.megatron.actor import MegatronActor
-    from tests.megatron.helpers import make_args
+    from tests.megatron.helpers import build_actor, make_args
 
 
     args = make_args(["--hf-checkpoint", hf_dir, "--load", save_dir] + COMMON)
-    actor = MegatronActor(args, num_total_steps=4)
+    actor = build_actor(args, num_total_steps=4)
     second, weights = _rollout(actor, actor.start_rollout_id)
     return {"start": actor.start_rollout_id, "second": second, "weights": weights}
 
@@ -81,10 +79,9 @@ def test_resume_in_a_new_process_continues_exactly(tmp_path):
 
 
 def _ref_and_errors(rank, world_size, hf_dir, tmp):
-    from slime_entropy.megatron.actor import MegatronActor
     from slime_entropy.megatron.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from slime_entropy.megatron.convert import hf_to_torch_dist
-    from tests.megatron.helpers import make_args
+    from tests.megatron.helpers import build_actor, make_args
 
 
     out = {}
@@ -99,7 +96,7 @@ def _ref_and_errors(rank, world_size, hf_dir, tmp):
     os.makedirs(f"{tmp}/empty_load", exist_ok=True)  # --load without a tracker: start from --ref-load
     args = make_args(["--hf-checkpoint", hf_dir, "--ref-load", f"{tmp}/ref", "--load", f"{tmp}/empty_load",
                       "--use-kl-loss", "--kl-loss-coef", "0.1", "--save", f"{tmp}/run"] + COMMON)  # fmt: skip
-    actor = MegatronActor(args, num_total_steps=4)
+    actor = build_actor(args, num_total_steps=4)
     out["start"] = actor.start_rollout_id
     samples = make_samples(4, seed=3)
     actor.compute_log_probs(samples)
@@ -126,7 +123,7 @@ def _ref_and_errors(rank, world_size, hf_dir, tmp):
     parallel_state.destroy_model_parallel()
 
     try:
-        MegatronActor(
+        build_actor(
             make_args(["--hf-checkpoint", hf_dir, "--ref-load", f"{tmp}/empty_load"] + COMMON), num_total_steps=1
         )
         out["ref_without_tracker"] = "no error"
@@ -158,13 +155,12 @@ def test_ref_load_initialises_weights_and_bad_checkpoints_fail_clearly(tmp_path)
 
 
 def _load_after_crash(rank, world_size, hf_dir, save_dir):
-    from slime_entropy.megatron.actor import MegatronActor
-    from tests.megatron.helpers import make_args
+    from tests.megatron.helpers import build_actor, make_args
 
 
     args = make_args(["--hf-checkpoint", hf_dir, "--load", save_dir, "--save", save_dir, "--global-batch-size", "2",
                       "--make-vocab-size-divisible-by", "1", "--logprob-entropy-backend", "eager"])  # fmt: skip
-    actor = MegatronActor(args, num_total_steps=2)
+    actor = build_actor(args, num_total_steps=2)
     actor.save(1)
     return actor.start_rollout_id
 

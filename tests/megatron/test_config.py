@@ -90,26 +90,28 @@ def test_settings_report_every_problem_at_once(tmp_path):
 
     hf = save_tiny_model("qwen3", tmp_path / "hf")
     with pytest.raises(ValueError, match="--hf-checkpoint is required"):
-        MegatronConfig.from_args(make_args([]))
+        MegatronConfig.from_args(make_args([]), world_size=None, on_gpu=False)
     argv = ["--hf-checkpoint", str(hf), "--sequence-parallel", "--tensor-model-parallel-size", "3",
             "--use-dynamic-batch-size", "--save-interval", "2", "--use-kl-loss", "--lr", "1e-5", "--min-lr", "1e-4",
             "--context-parallel-size", "2", "--optimizer-cpu-offload", "--no-use-distributed-optimizer"]  # fmt: skip
     with pytest.raises(ValueError) as err:
-        MegatronConfig.from_args(make_args(argv), world_size=4)
+        MegatronConfig.from_args(make_args(argv), world_size=4, on_gpu=False)
     message = str(err.value)
     for fragment in (
         "--sequence-parallel is not available on CPU",
-        "--tensor-model-parallel-size 3 must divide the attention heads",
+        "--tensor-model-parallel-size 3 must divide the 4 attention heads",
         "--use-dynamic-batch-size needs --max-tokens-per-gpu",
         "--save-interval needs --save DIR",
         "pass --ref-load",
         "--min-lr (0.0001) must lie in [0, --lr (1e-05)]",
-        "--context-parallel-size 2: context parallelism is not supported",
+        "--context-parallel-size 2: slime_entropy's actor does not support context parallelism",
         "4 training ranks are not a multiple of TP x PP x CP",
         "--optimizer-cpu-offload needs the distributed optimizer",
     ):
         assert fragment in message, (fragment, message)
-    settings = MegatronConfig.from_args(make_args(["--hf-checkpoint", str(hf), "--tensor-model-parallel-size", "2"]))
+    settings = MegatronConfig.from_args(
+        make_args(["--hf-checkpoint", str(hf), "--tensor-model-parallel-size", "2"]), world_size=None, on_gpu=False
+    )
     assert (
         settings.batching.pad_multiple == 256
         and not settings.build.bf16
@@ -117,6 +119,34 @@ def test_settings_report_every_problem_at_once(tmp_path):
     )
     config = json.loads((hf / "config.json").read_text())
     assert settings.arch.vocab_size == config["vocab_size"]
+
+
+def test_parallel_size_rules_live_in_one_function():
+    from slime_entropy.launch.checks import check_parallel_layout
+    from slime_entropy.launch.memory import ParallelSizes
+    from slime_entropy.megatron.config import parallel_size_problems
+
+    moe = HFArchitecture.from_config_dict(QWEN3_30B_A3B_CONFIG)
+    sizes = dict(tensor=2, pipeline=2, context=1, expert=4, expert_tensor=None, sequence_parallel=True)
+    assert parallel_size_problems(moe, **sizes, world_size=16) == []
+    # 8 ranks, PP 2: 4 ranks per stage cannot hold EP 4 x expert TP 2; 6 ranks are no whole TP x PP replicas
+    assert parallel_size_problems(None, **sizes, world_size=8) == [
+        "--expert-model-parallel-size 4 x expert TP 2 must divide the 4 ranks of a pipeline stage"
+    ]
+    assert "6 training ranks are not a multiple of TP x PP x CP = 2 x 2 x 1" in parallel_size_problems(
+        None, **sizes, world_size=6
+    )[0]
+    assert parallel_size_problems(None, **{**sizes, "tensor": 0}, world_size=8) == [
+        "--tensor-model-parallel-size must be >= 1, got 0"
+    ]
+    # the dry run's layout check reports the actor's rules, word for word
+    bad = dict(sizes, tensor=3, pipeline=5, expert=3)
+    actor_rules = parallel_size_problems(moe, **bad, world_size=None)
+    assert len(actor_rules) == 3
+    layout = ParallelSizes(world_size=16, tensor_parallel_size=3, pipeline_parallel_size=5, expert_parallel_size=3,
+                           sequence_parallel=True)  # fmt: skip
+    launch = check_parallel_layout(moe, layout, num_gpus_per_node=8, rollout_num_gpus_per_engine=1)
+    assert launch[: len(actor_rules)] == actor_rules
 
 
 def test_micro_batch_plans():

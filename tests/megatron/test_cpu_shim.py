@@ -72,6 +72,7 @@ def _behaviour(rank, world_size):
     return out
 
 
+@pytest.mark.multiprocess
 def test_shim_redirects_cuda_calls_to_the_cpu():
     out = run_world(_behaviour, 1, timeout=120)[0]
     assert out["before"] == {"current_device": "raises", "get_rng_state": "raises"}  # it only replaces failures

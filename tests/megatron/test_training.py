@@ -37,20 +37,19 @@ def _samples_for(dp_rank: int, dp_size: int):
 def _one_step(hf_dir: str, extra: list[str]):
     from megatron.core import parallel_state
 
-    from slime_entropy.megatron.actor import MegatronActor
     from slime_entropy.megatron.hf_bridge import iter_hf_weights
     from slime_entropy.megatron.train_step import compute_step_threshold
-    from tests.megatron.helpers import make_args
+    from tests.megatron.helpers import build_actor, make_args
 
     args = make_args(["--hf-checkpoint", hf_dir] + BASE + extra)
-    actor = MegatronActor(args, num_total_steps=2)
+    actor = build_actor(args, num_total_steps=2)
     samples = _samples_for(actor.groups.dp_cp_rank, actor.groups.dp_cp_size)
     actor.compute_log_probs(samples)
     step_tau = None
     if actor.groups.is_last_stage:
         step_tau = compute_step_threshold(samples, 0.5, actor.groups).threshold.item()
     metrics = actor.train(0, samples)[0]
-    weights = dict(iter_hf_weights(actor.model, actor.settings.arch))
+    weights = dict(iter_hf_weights(actor.model, actor.megatron.arch))
     parallel_state.destroy_model_parallel()
     return {"metrics": metrics, "weights": weights, "step_tau": step_tau, "last": actor.groups.is_last_stage}
 
@@ -59,28 +58,24 @@ def _grads(actor, samples, micro_batch_size, max_tokens):
     """main_grad of every parameter after one forward_backward with the given batching (no optimizer step)."""
     from functools import partial
 
-    from slime_entropy.loss import loss_function
     from slime_entropy.megatron.batching import build_micro_batch, plan_micro_batches
     from slime_entropy.megatron.hf_bridge import unwrap_model
-    from slime_entropy.megatron.train_step import _loss_with_tensor_count, _run_schedule
+    from slime_entropy.megatron.train_step import _run_schedule
 
     plan = plan_micro_batches(
         [s.total_length for s in samples], micro_batch_size=micro_batch_size, max_tokens=max_tokens, dp_group=None
     )
     batches = [build_micro_batch([samples[i] for i in idx], 128, torch.device("cpu")) for idx in plan]
     actor.model.zero_grad_buffer()
-    _run_schedule(
-        actor.model, batches, lambda b, n: partial(_loss_with_tensor_count, loss_function, actor.args, b, n), False
-    )
+    _run_schedule(actor.model, batches, lambda b, n: partial(actor.loss.training_loss, b, n), False)
     return len(batches), {n: p.main_grad.clone() for n, p in unwrap_model(actor.model).named_parameters()}
 
 
 def _single_rank_worker(rank, world_size, hf_dir, moe_dir):
     from megatron.core import parallel_state
 
-    from slime_entropy.megatron.actor import MegatronActor
     from slime_entropy.megatron.train_step import compute_step_threshold
-    from tests.megatron.helpers import make_args
+    from tests.megatron.helpers import build_actor, make_args
 
     out = {
         "tp1": _one_step(hf_dir, ["--micro-batch-size", "2"]),
@@ -93,7 +88,7 @@ def _single_rank_worker(rank, world_size, hf_dir, moe_dir):
     # Dynamic batching vs one big micro-batch (filter off: a per-micro-batch threshold would differ by design).
     args = make_args(["--hf-checkpoint", hf_dir, "--global-batch-size", str(NUM_SAMPLES),
                       "--make-vocab-size-divisible-by", "1", "--logprob-entropy-backend", "eager"])  # fmt: skip
-    actor = MegatronActor(args, num_total_steps=1)
+    actor = build_actor(args, num_total_steps=1)
     samples = make_samples(NUM_SAMPLES, seed=11)
     actor.compute_log_probs(samples)
     num_big, big = _grads(actor, samples, NUM_SAMPLES, None)
@@ -104,7 +99,7 @@ def _single_rank_worker(rank, world_size, hf_dir, moe_dir):
     # First on-policy step: the step-scope tau from the old-policy pass equals the loss's own tau over the whole
     # global batch (one micro-batch holding every sample, threshold over the current policy's entropies).
     args = make_args(["--hf-checkpoint", hf_dir] + BASE + ["--micro-batch-size", str(NUM_SAMPLES)])
-    actor = MegatronActor(args, num_total_steps=1)
+    actor = build_actor(args, num_total_steps=1)
     samples = make_samples(NUM_SAMPLES, seed=11)
     actor.compute_log_probs(samples)
     tau_step = compute_step_threshold(samples, 0.5, actor.groups)
@@ -149,6 +144,7 @@ def _assert_same_step(reference, result, label):
         )
 
 
+@pytest.mark.slow
 def test_one_step_is_layout_independent_with_the_filter_on(tmp_path):
     hf_dir = str(save_tiny_model("qwen3", tmp_path / "qwen3", seed=1))
     moe_dir = str(save_tiny_model("qwen3_moe", tmp_path / "qwen3_moe", seed=2))

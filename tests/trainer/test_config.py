@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -187,7 +188,7 @@ def test_trainer_config_reports_every_provider_at_once(model_dir, prompts):
     text = str(info.value)
     for expected in (
         "--rollout-top-p must be in (0, 1]",  # rollout
-        "--tensor-model-parallel-size 3 must divide the attention heads",  # megatron
+        "--tensor-model-parallel-size 3 must divide the 4 attention heads",  # megatron
         "--kl-coef 0.1",  # trainer loop
         "--advantage-estimator reinforce_plus_plus is not supported",
         "--eval-interval needs --eval-prompt-data",
@@ -400,6 +401,8 @@ def test_wandb_logs_offline_without_a_key_and_a_resumed_run_continues_the_same_w
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no stored login
     config = WandbConfig(enabled=True, project="slime_entropy_test", group="unit")
     for rollout_id in (0, 1):  # two attempts of one run
+        if rollout_id:
+            time.sleep(1.1)  # wandb names an offline run's directory by the second it started
         metrics = MetricsLogger(tmp_path, config, {"lr": 1e-3})
         metrics.log(rollout_id, {"rollout/raw_reward": 0.5 + rollout_id, "train/pg_loss": 0.1})
         metrics.close()
