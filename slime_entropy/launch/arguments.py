@@ -3,15 +3,15 @@ slime_entropy.launch.ray_cluster``'s.
 
 ``add_plan_arguments(parser)`` registers ``--dry-run`` and the GPU the plan is checked against
 (:func:`slime_entropy.launch.plan.plan_from_args` reads them); ``add_ray_wait_arguments(parser)`` the ``wait``
-command of the Slurm job's cluster check. Nothing here is resolved into a config: the planner reads the two sizes
-directly, the cluster check its four values.
+command of the Slurm job's cluster check. Their configs: ``slime_entropy.launch.config`` (``PlanConfig``,
+``ClusterWaitConfig``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from slime_entropy.launch.memory import DEFAULT_GPU_MEMORY_GIB, DEFAULT_RESERVE_GIB
+from slime_entropy.launch.config import ClusterWaitConfig, PlanConfig
 
 __all__ = ["add_plan_arguments", "add_ray_wait_arguments"]
 
@@ -28,14 +28,14 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     g.add_argument(
         "--plan-gpu-memory-gib",
         type=float,
-        default=DEFAULT_GPU_MEMORY_GIB,
+        default=PlanConfig.gpu_memory_gib,
         help="(ours) memory of one GPU the dry-run plan is checked against, in GiB (80 for H100/A100-80GB, 141 for "
         "H200)",
     )
     g.add_argument(
         "--plan-memory-reserve-gib",
         type=float,
-        default=DEFAULT_RESERVE_GIB,
+        default=PlanConfig.memory_reserve_gib,
         help="(ours) per-GPU allowance for the CUDA context, NCCL, workspaces and fragmentation in the dry-run "
         "estimate, in GiB",
     )
@@ -47,5 +47,7 @@ def add_ray_wait_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--address", required=True, help="GCS address host:port")
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--gpus-per-node", type=int, required=True)
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds (default %(default)g)")
+    parser.add_argument(
+        "--timeout", type=float, default=ClusterWaitConfig.timeout_s, help="seconds (default %(default)g)"
+    )
     return parser

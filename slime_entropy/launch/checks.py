@@ -103,9 +103,7 @@ def plan_micro_batches(budget: TokenBudget, *, samples_per_rank_per_step: int) -
     micro_batches = None
     per_rank = samples_per_rank_per_step
     if budget.use_dynamic_batch_size:
-        if budget.max_tokens_per_gpu is None:
-            problems.append("--use-dynamic-batch-size needs --max-tokens-per-gpu (the token budget of a micro-batch)")
-        else:
+        if budget.max_tokens_per_gpu is not None:  # None: BatchingConfig reports the missing budget
             tokens = budget.max_tokens_per_gpu
             log_prob_tokens = budget.log_probs_max_tokens_per_gpu or tokens
             for flag, value in (("--max-tokens-per-gpu", tokens), ("--log-probs-max-tokens-per-gpu", log_prob_tokens)):

@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slime_entropy.launch.checks import MicroBatchPlan, TokenBudget, check_parallel_layout, plan_micro_batches
+from slime_entropy.launch.config import PlanConfig
 from slime_entropy.launch.memory import (
-    DEFAULT_GPU_MEMORY_GIB,
-    DEFAULT_RESERVE_GIB,
     GiB,
     ParallelSizes,
     RolloutMemory,
@@ -341,11 +340,10 @@ def _plan(config: TrainerConfig, args: argparse.Namespace) -> Plan:
             "micro-batches of the full budget"
         )
     num_rollout, source = _resolve_num_rollout(rollout.data, batch)
+    target = problems.collect(lambda: PlanConfig.from_args(args))
     if problems:
         raise ValueError("the run cannot start as configured:\n  - " + "\n  - ".join(problems.messages))
 
-    gpu_gib = args.plan_gpu_memory_gib if hasattr(args, "plan_gpu_memory_gib") else DEFAULT_GPU_MEMORY_GIB
-    reserve_gib = args.plan_memory_reserve_gib if hasattr(args, "plan_memory_reserve_gib") else DEFAULT_RESERVE_GIB
     training = None
     if micro.tokens_per_micro_batch is not None:
         training = estimate_training_memory(
@@ -360,7 +358,7 @@ def _plan(config: TrainerConfig, args: argparse.Namespace) -> Plan:
             optimizer_cpu_offload=megatron.optimizer.optimizer_cpu_offload,
             full_recompute=build.recompute_granularity == "full",
             make_vocab_size_divisible_by=build.make_vocab_size_divisible_by,
-            reserve_gib=reserve_gib if on_gpu else 0.0,
+            reserve_gib=target.memory_reserve_gib if on_gpu else 0.0,
         )
     else:
         warnings.append("no token budget known (fixed micro-batches and unbounded prompts): activations not estimated")
@@ -377,7 +375,7 @@ def _plan(config: TrainerConfig, args: argparse.Namespace) -> Plan:
         rollout_memory = estimate_rollout_memory(
             arch,
             engine_tp=cluster.rollout_num_gpus_per_engine,
-            gpu_bytes=int(gpu_gib * GiB),
+            gpu_bytes=target.gpu_memory_bytes,
             mem_fraction_static=sglang.get("mem-fraction-static"),
             kv_cache_dtype=sglang.get("kv-cache-dtype"),
             sequence_tokens=micro.max_sample_tokens,
@@ -403,8 +401,8 @@ def _plan(config: TrainerConfig, args: argparse.Namespace) -> Plan:
         num_rollout_source=source,
         training=training,
         rollout=rollout_memory,
-        gpu_memory_bytes=int(gpu_gib * GiB),
-        reserve_bytes=int(reserve_gib * GiB),
+        gpu_memory_bytes=target.gpu_memory_bytes,
+        reserve_bytes=target.memory_reserve_bytes,
         bf16=build.bf16,
         reference_on_host=config.loss.policy.use_kl_loss,
         settings=_settings_summary(config),

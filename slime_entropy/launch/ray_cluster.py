@@ -16,6 +16,7 @@ import sys
 import time
 
 from slime_entropy.launch.arguments import add_ray_wait_arguments
+from slime_entropy.launch.config import ClusterWaitConfig
 
 __all__ = ["wait_for_port", "wait_for_cluster", "build_parser", "main"]
 
@@ -80,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.nodes < 1 or args.gpus_per_node < 0 or args.timeout <= 0 or ":" not in args.address:
-        parser.error("need --nodes >= 1, --gpus-per-node >= 0, --timeout > 0 and --address host:port")
-    return 0 if wait_for_cluster(args.address, args.nodes, args.gpus_per_node, args.timeout) else 1
+    try:
+        config = ClusterWaitConfig.from_args(parser.parse_args(argv))
+    except ValueError as e:
+        parser.error(str(e))
+    return 0 if wait_for_cluster(config.address, config.nodes, config.gpus_per_node, config.timeout_s) else 1
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_megatron_arguments", "add_actor_arguments", "add_torch_dist_to_hf_arguments", "LR_DECAY_STYLES"]
+from slime_entropy.megatron.config import LR_DECAY_STYLES
 
-LR_DECAY_STYLES = ("constant", "cosine", "linear")
+__all__ = ["add_megatron_arguments", "add_actor_arguments", "add_torch_dist_to_hf_arguments"]
 
 
 def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -20,7 +20,6 @@ import argparse
 import logging
 from dataclasses import dataclass, fields
 
-from slime_entropy.megatron.arguments import LR_DECAY_STYLES
 from slime_entropy.megatron.architecture import HFArchitecture, check_model_args, padded_vocab_size
 from slime_entropy.problems import Problems
 
@@ -32,9 +31,12 @@ __all__ = [
     "MegatronConfig",
     "parallel_size_problems",
     "flag_problems",
+    "LR_DECAY_STYLES",
 ]
 
 logger = logging.getLogger(__name__)
+
+LR_DECAY_STYLES = ("constant", "cosine", "linear")
 
 
 @dataclass(frozen=True, kw_only=True)

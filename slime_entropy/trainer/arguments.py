@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 
 from slime_entropy.loss.arguments import add_arguments, add_slime_loss_arguments
 from slime_entropy.rollout.sglang_options import describe_unknown
+from slime_entropy.trainer.config import DEFAULT_GPUS_PER_NODE
 from slime_entropy.trainer.default_task import DefaultTaskSpec
 
 __all__ = [
@@ -75,8 +76,8 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--actor-num-gpus-per-node",
         type=int,
         default=None,
-        help="Training ranks per node: GPUs on GPU clusters (default 8, as slime), CPU processes on CPU machines "
-        "(default: one model replica, TP x PP x CP).",
+        help=f"Training ranks per node: GPUs on GPU clusters (default {DEFAULT_GPUS_PER_NODE}, as slime), CPU "
+        "processes on CPU machines (default: one model replica, TP x PP x CP).",
     )
     g.add_argument(
         "--colocate",

@@ -53,6 +53,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SUPPORTED_ADVANTAGE_ESTIMATORS = ("grpo", "gspo", "cispo")
+DEFAULT_GPUS_PER_NODE = 8
+"""Training GPUs per node when ``--actor-num-gpus-per-node`` is not given on a GPU cluster (slime's default)."""
 
 
 # ----- batch arithmetic -----
@@ -221,7 +223,9 @@ def resolve_layout(
                       expert_model_parallel_size)  # fmt: skip
     model_parallel = max(tp, 1) * max(pp, 1) * max(cp, 1)
     if actor_num_gpus_per_node is None:
-        actor_num_gpus_per_node = 8 if on_gpu else max(1, model_parallel // max(actor_num_nodes, 1))
+        actor_num_gpus_per_node = (
+            DEFAULT_GPUS_PER_NODE if on_gpu else max(1, model_parallel // max(actor_num_nodes, 1))
+        )
     problems.check(actor_num_nodes >= 1, f"--actor-num-nodes must be >= 1, got {actor_num_nodes}")
     problems.check(
         actor_num_gpus_per_node >= 1, f"--actor-num-gpus-per-node must be >= 1, got {actor_num_gpus_per_node}"

@@ -162,7 +162,10 @@ class TrainRankHandles:
     def setup(self, num_total_steps: int) -> int:
         """Form the world and build the models; returns the rollout to start from (``--load``'s iteration + 1)."""
         master_addr, master_port = wait_all(
-            [self.actors[0].rendezvous_address.remote()], self.names[:1], what="rendezvous", timeout_s=self.timeout_s
+            [self.actors[0].host_world_store.remote(self.timeout_s)],
+            self.names[:1],
+            what="rendezvous",
+            timeout_s=self.timeout_s,
         )[0]
         threads = [
             max(1, _node_cpus(slot.node_id) // self.placement.ranks_on_node(slot.node_id))

@@ -133,6 +133,7 @@ class TrainRank:
         self.info: dict[str, Any] = {}
         self.weight_group = None
         self.memory_saver = None
+        self._store = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -145,6 +146,19 @@ class TrainRank:
         import ray
 
         return ray.util.get_node_ip_address(), _free_port()
+
+    def host_world_store(self, timeout_s: float) -> tuple[str, int]:
+        """Rank 0: host the training world's rendezvous store on a port the OS assigns while binding it, so no other
+        process can take the port between choosing and binding it (a free port found first and bound later can be
+        lost to a busy machine). Returns the address the other ranks connect to."""
+        import ray
+        from torch.distributed import TCPStore
+
+        self._store = TCPStore(
+            ray.util.get_node_ip_address(), 0, world_size=self.world_size, is_master=True,
+            timeout=timedelta(seconds=timeout_s), wait_for_workers=False,
+        )  # fmt: skip
+        return ray.util.get_node_ip_address(), self._store.port
 
     def setup(
         self,
@@ -180,13 +194,14 @@ class TrainRank:
             from torch_memory_saver import torch_memory_saver
 
             self.memory_saver = torch_memory_saver
-        dist.init_process_group(
-            backend,
-            init_method=f"tcp://{master_addr}:{master_port}",
-            rank=self.rank,
-            world_size=self.world_size,
-            timeout=timedelta(seconds=timeout_s),
-        )
+        timeout = timedelta(seconds=timeout_s)
+        if self.rank == 0:
+            store = self._store  # host_world_store
+        else:
+            from torch.distributed import TCPStore
+
+            store = TCPStore(master_addr, master_port, world_size=self.world_size, is_master=False, timeout=timeout)
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timeout)
         self.actor = MegatronActor(megatron, loss, num_total_steps=num_total_steps, hook_args=hook_args)
         groups = self.actor.groups
         self.info = {

@@ -37,12 +37,22 @@ def test_the_seed_budget():
         ),
         (dict(log_probs_max_tokens_per_gpu=9000), "--log-probs-max-tokens-per-gpu 9000 is smaller"),
         (dict(max_context_len=12000), "(12000 tokens = --rollout-max-context-len 12000)"),
-        (dict(max_tokens_per_gpu=None), "--use-dynamic-batch-size needs --max-tokens-per-gpu"),
     ],
 )
 def test_budget_rules(change, expected):
     _, problems = plan_micro_batches(replace(SEED, **change), samples_per_rank_per_step=32)
     assert any(expected in p for p in problems), problems
+
+
+def test_a_missing_dynamic_budget_is_the_batching_configs_to_report():
+    """One rule, one place: BatchingConfig refuses --use-dynamic-batch-size without --max-tokens-per-gpu; the
+    planner then has no budget to plan with and adds nothing."""
+    from slime_entropy.megatron.config import BatchingConfig
+
+    plan, problems = plan_micro_batches(replace(SEED, max_tokens_per_gpu=None), samples_per_rank_per_step=32)
+    assert problems == [] and plan.tokens_per_micro_batch is None
+    reported = BatchingConfig(use_dynamic_batch_size=True, max_tokens_per_gpu=None).problems().messages
+    assert any("--use-dynamic-batch-size needs --max-tokens-per-gpu" in m for m in reported), reported
 
 
 def test_unbounded_prompts_and_fixed_micro_batches():

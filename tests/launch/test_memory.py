@@ -226,7 +226,8 @@ def test_sglang_kv_cache_by_hand():
 def test_fixture_configs_are_the_published_parameter_counts():
     published_billions = {  # model cards
         "Qwen3-0.6B": 0.6, "Qwen3-1.7B": 1.7, "Qwen3-4B": 4.0, "Qwen3-8B": 8.2, "Qwen3-14B": 14.8,
-        "Qwen3-14B-Base": 14.8, "Qwen3-32B": 32.8, "Qwen3-30B-A3B": 30.5, "Qwen2.5-7B": 7.61, "Qwen2.5-Math-7B": 7.62, "Qwen2.5-32B": 32.5,
+        "Qwen3-14B-Base": 14.8, "Qwen3-32B": 32.8, "Qwen3-30B-A3B": 30.5, "Qwen2.5-7B": 7.61, "Qwen2.5-Math-7B": 7.62,
+        "Qwen2.5-32B": 32.5,
         "Llama-3.1-8B": 8.03,
     }  # fmt: skip
     for name in FIXTURES:

@@ -141,4 +141,3 @@ def packed_logits(model, samples, pad_multiple: int = 1) -> torch.Tensor:
     with torch.no_grad():
         logits = forward_logits(model, batch)
     return logits[0, : sum(batch["total_lengths"])]
-

@@ -38,7 +38,6 @@ def _rollout(actor, rollout_id):
 def _uninterrupted(rank, world_size, hf_dir, save_dir, hf_out):
     from tests.megatron.helpers import build_actor, make_args
 
-
     args = make_args(
         ["--hf-checkpoint", hf_dir, "--save", save_dir, "--save-interval", "1", "--save-hf", hf_out] + COMMON
     )
@@ -52,7 +51,6 @@ def _uninterrupted(rank, world_size, hf_dir, save_dir, hf_out):
 
 def _resumed(rank, world_size, hf_dir, save_dir):
     from tests.megatron.helpers import build_actor, make_args
-
 
     args = make_args(["--hf-checkpoint", hf_dir, "--load", save_dir] + COMMON)
     actor = build_actor(args, num_total_steps=4)
@@ -82,7 +80,6 @@ def _ref_and_errors(rank, world_size, hf_dir, tmp):
     from slime_entropy.megatron.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from slime_entropy.megatron.convert import hf_to_torch_dist
     from tests.megatron.helpers import build_actor, make_args
-
 
     out = {}
     convert_args = make_args(

@@ -133,9 +133,10 @@ def test_parallel_size_rules_live_in_one_function():
     assert parallel_size_problems(None, **sizes, world_size=8) == [
         "--expert-model-parallel-size 4 x expert TP 2 must divide the 4 ranks of a pipeline stage"
     ]
-    assert "6 training ranks are not a multiple of TP x PP x CP = 2 x 2 x 1" in parallel_size_problems(
-        None, **sizes, world_size=6
-    )[0]
+    assert (
+        "6 training ranks are not a multiple of TP x PP x CP = 2 x 2 x 1"
+        in parallel_size_problems(None, **sizes, world_size=6)[0]
+    )
     assert parallel_size_problems(None, **{**sizes, "tensor": 0}, world_size=8) == [
         "--tensor-model-parallel-size must be >= 1, got 0"
     ]

@@ -137,7 +137,7 @@ def _worker(rank, world, release, layouts):
         layout = megatron_layout(tp, cp)
         results[("layout", tp, cp)] = {"tp_rank": layout["tp_rank"], "cp_rank": layout["cp_rank"]}
 
-        def run(cli, *, seed, split=False, hook=False, wholesale=False, drop_log_probs=False):
+        def run(cli, *, seed, split=False, hook=False, wholesale=False, drop_log_probs=False, layout=layout):
             samples, schedule, rollout_ids = _inputs(seed, layout["dp_size"], split)
             if hook:
                 cli = f"{cli} --loss-type custom_loss --custom-loss-function-path {OUR_LOSS}"
@@ -231,9 +231,10 @@ def _check_reference(label, results, name, case_index, tp, cp, dp, release):
             for s, d in zip(samples, sums, strict=True)
         ]
     weights = [sum(shares[i] for i in pop) for pop in populations]
-    mean = lambda key: sum(f[key] * w for f, w in zip(ref["figures"], weights, strict=True)) / sum(
-        weights
-    )  # noqa: E731
+
+    def mean(key):
+        return sum(f[key] * w for f, w in zip(ref["figures"], weights, strict=True)) / sum(weights)
+
     reported = outs[0]["reported"]
     assert reported["entropy_token_ratio"] == pytest.approx(mean("ratio"), rel=1e-5), label
     assert reported["entropy_threshold"] == pytest.approx(mean("tau"), rel=1e-5), label

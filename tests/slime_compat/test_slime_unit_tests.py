@@ -25,7 +25,6 @@ import importlib.util
 import sys
 
 import pytest
-import torch
 
 from tests.distributed import run_world
 from tests.slime_trees import slime_tree
