@@ -30,7 +30,6 @@ __all__ = [
     "CheckpointConfig",
     "MegatronConfig",
     "parallel_size_problems",
-    "flag_problems",
     "LR_DECAY_STYLES",
 ]
 
@@ -317,17 +316,6 @@ def parallel_size_problems(
     else:
         p.check(ep == 1, f"--expert-model-parallel-size {ep} needs an MoE model; drop it")
         p.check(expert_tensor in (None, tp), "--expert-tensor-parallel-size only applies to MoE models; drop it")
-    return p.messages
-
-
-def flag_problems(args: argparse.Namespace) -> list[str]:
-    """The checks of the actor's flags that need neither the model nor the hardware: optimizer, batching,
-    checkpoints, precision and MoE dispatch. Part of :meth:`MegatronConfig.from_args`; ``train.py --dry-run``
-    runs them on their own."""
-    p = Problems()
-    for part in (OptimizerConfig, BatchingConfig, CheckpointConfig):
-        p.extend(part.from_args(args).problems().messages)
-    p.extend(_precision_and_dispatch_problems(args))
     return p.messages
 
 
