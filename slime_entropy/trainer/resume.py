@@ -86,6 +86,14 @@ def read_data_state(path: Path) -> dict:
     return state
 
 
+def _unset_on_one_side(key: str, previous: dict[str, Any], current: dict[str, Any]) -> bool:
+    """A flag one attempt's parser did not have and the other left unset (None, or False for a switch): the
+    ``--sglang-*`` options mirrored from the installed SGLang exist only where it is installed, so installing or
+    removing SGLang between attempts changes the recorded keys, not the training."""
+    present = previous if key in previous else current
+    return (key in previous) != (key in current) and present[key] in (None, False)
+
+
 def _jsonable_args(args: argparse.Namespace) -> dict[str, Any]:
     return {
         k: v for k, v in sorted(vars(args).items()) if isinstance(v, str | int | float | bool | list | dict | None)
@@ -121,7 +129,9 @@ class RunDirectory:
         differences = [
             f"--{key.replace('_', '-')}: {previous.get(key)!r} then, {current.get(key)!r} now"
             for key in sorted(set(previous) | set(current))
-            if key not in RESUMABLE_CHANGES and previous.get(key) != current.get(key)
+            if key not in RESUMABLE_CHANGES
+            and previous.get(key) != current.get(key)
+            and not _unset_on_one_side(key, previous, current)
         ]
         if not differences:
             return []

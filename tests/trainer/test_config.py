@@ -3,6 +3,7 @@ layouts, placement arithmetic, the run directory's resume bookkeeping, rollout d
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
@@ -264,6 +265,13 @@ def test_resume_refuses_other_training_flags_and_forgets_redone_work(tmp_path, m
         run.check_flags(changed, resuming=True)
     allowed = parse_args(_base(model_dir, prompts, "--num-rollout", "9", "--log-level", "debug"))
     run.check_flags(allowed, resuming=True)  # run length and logging may change on resume
+    recorded = json.loads((run.root / "args.json").read_text())
+    mirrored = {k for k, v in recorded.items() if k.startswith("sglang_") and v in (None, False)}
+    without_sglang = argparse.Namespace(**{k: v for k, v in vars(allowed).items() if k not in mirrored})
+    run.check_flags(without_sglang, resuming=True)  # SGLang's mirrored options, unset, vanish with SGLang
+    given = argparse.Namespace(**{**vars(without_sglang), "sglang_some_option": 3})
+    with pytest.raises(TrainerFailure, match=r"--sglang-some-option: None then, 3 now"):
+        run.check_flags(given, resuming=True)
 
     lines = [{"rollout_id": i, "rollout/raw_reward": i / 10} for i in (-1, 0, 1, 2, 3)]
     run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"rollout_id": 4, "cut sh')
