@@ -278,15 +278,21 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     from slime_entropy.trainer.config import TrainerConfig
 
     on_gpu = _target_on_gpu(args)
+    lines = []
+    try:
+        target = PlanConfig.from_args(args)
+    except ValueError as err:
+        lines += _problem_lines(str(err))
     try:
         config = TrainerConfig.from_args(args, on_gpu=on_gpu, check_environment=False)
     except ValueError as err:
-        lines = _problem_lines(str(err))
+        lines += _problem_lines(str(err))
+    if lines:
         raise ValueError("the run cannot start as configured:\n  - " + "\n  - ".join(lines)) from None
-    return _plan(config, args)
+    return _plan(config, args, target)
 
 
-def _plan(config: TrainerConfig, args: argparse.Namespace) -> Plan:
+def _plan(config: TrainerConfig, args: argparse.Namespace, target: PlanConfig) -> Plan:
     """The plan of a resolved config: the checks that need the architecture or the token budget, the schedule and
     the memory estimates. ``args`` is read for the planner's own flags and for what the user wrote (MODEL_ARGS)."""
     on_gpu, cluster, batch, megatron, rollout = (
@@ -340,7 +346,6 @@ def _plan(config: TrainerConfig, args: argparse.Namespace) -> Plan:
             "micro-batches of the full budget"
         )
     num_rollout, source = _resolve_num_rollout(rollout.data, batch)
-    target = problems.collect(lambda: PlanConfig.from_args(args))
     if problems:
         raise ValueError("the run cannot start as configured:\n  - " + "\n  - ".join(problems.messages))
 

@@ -267,3 +267,12 @@ def test_a_cpu_run_is_planned_for_the_cpu(tmp_path):
     assert plan.num_rollout == 2 * 64 // 8
     assert "CPU run" in text and "the built-in engine (CPU)" in text and "memory per training process" in text
     assert "KV cache" not in text and "verdict: fits (CPU, 2 training process(es)" in text
+
+
+def test_the_planners_own_flags_are_checked_with_the_runs(tmp_path):
+    """A GPU size that cannot be and a layout the model refuses are reported together, each naming its flag."""
+    argv = _argv(tmp_path, "run-qwen3-4B.sh", args=["--plan-gpu-memory-gib", "0", "--tensor-model-parallel-size", "3"])
+    with pytest.raises(ValueError) as err:
+        _plan(argv)
+    assert "--plan-gpu-memory-gib must be > 0, got 0" in str(err.value)
+    assert "--tensor-model-parallel-size 3 must divide" in str(err.value)
