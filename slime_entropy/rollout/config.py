@@ -346,6 +346,14 @@ class RolloutConfig:
             )
 
     @property
+    def user_hooks(self) -> tuple[str, ...]:
+        """The user functions this rollout calls with slime's ``args`` (their flags): only for them does slime's
+        namespace travel to the rollout side."""
+        paths = (("--custom-rm-path", self.reward.custom_rm_path),
+                 ("--dynamic-sampling-filter-path", self.groups.dynamic_sampling_filter_path))  # fmt: skip
+        return tuple(flag for flag, path in paths if path is not None)
+
+    @property
     def samples_per_prompt(self) -> int:
         """Samples per prompt in the training batch: the group, plus FR3E's partial rollouts (``--fr3e``)."""
         return self.fr3e.samples_per_prompt if self.fr3e is not None else self.groups.n_samples_per_prompt

@@ -318,7 +318,7 @@ class RolloutWorkerHandle:
             )
             .remote(
                 config.rollout,
-                config.slime_args,  # for user hooks only
+                config.slime_args if config.rollout.user_hooks else None,  # for user hooks only
                 str(config.run.run_dir / "engines"),
                 [s.gpu_id for s in placement.rollout_gpus],
                 config.run.log_level,

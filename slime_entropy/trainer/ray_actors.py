@@ -336,14 +336,15 @@ class RolloutWorker:
     def __init__(
         self,
         config: RolloutConfig,
-        hook_args: Namespace,
+        hook_args: Namespace | None,
         run_dir: str,
         gpu_ids: list[int],
         log_level: str = "info",
         memory_saver: bool = False,
     ):
         """``config``: the driver's resolved rollout config. ``hook_args``: slime's ``args``, handed to user hooks
-        only (custom reward / filter functions receive it: slime's contract); never read by our code. ``gpu_ids``:
+        only (custom reward / filter functions receive it: slime's contract; None without them); never read by our
+        code. ``gpu_ids``:
         the engines' physical GPUs on this node; ``memory_saver``: launch SGLang with ``--enable-memory-saver``
         (needed to release its memory when colocated, as slime does). Nothing starts before :meth:`start`."""
         configure_actor_logging(log_level)

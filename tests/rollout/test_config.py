@@ -127,6 +127,18 @@ def test_from_args_builds_the_configs(tiny_model_dir, math_prompts):
     }
 
 
+def test_user_hooks_name_the_functions_that_receive_slimes_args(tiny_model_dir, math_prompts):
+    """Only a rollout with user functions gets slime's namespace (the trainer sends it to the rollout worker then)."""
+    plain = RolloutConfig.from_args(_parse(_valid_argv(tiny_model_dir, math_prompts)))
+    assert plain.user_hooks == ()
+    hooked = _valid_argv(tiny_model_dir, math_prompts)[:-2] + [
+        "--custom-rm-path", "tests.rollout.hooks.reward_by_group",
+        "--dynamic-sampling-filter-path", "tests.rollout.hooks.keep_even_groups",
+        "--n-samples-per-prompt", "2",
+    ]  # fmt: skip
+    assert RolloutConfig.from_args(_parse(hooked)).user_hooks == ("--custom-rm-path", "--dynamic-sampling-filter-path")
+
+
 def test_from_args_reports_every_problem_with_its_flag(tmp_path):
     argv = [
         "--rollout-temperature",
