@@ -32,7 +32,6 @@ __all__ = [
     "engine_gpu_count",
     "external_engine_addrs",
     "Fr3eConfig",
-    "samples_per_prompt",
 ]
 
 logger = logging.getLogger(__name__)
@@ -632,13 +631,3 @@ class Fr3eConfig:
 FR3E_FLAGS = {
     f.name: "--fr3e-" + f.name.replace("_", "-") for f in fields(Fr3eConfig) if f.name != "n_samples_per_prompt"
 }
-
-
-def samples_per_prompt(args: Namespace) -> int:
-    """Samples per prompt in the training batch: ``--n-samples-per-prompt`` plus, with ``--fr3e``, B x K x M partial
-    rollouts. Invalid FR3E flags count as plain ``n`` here (``Fr3eConfig.from_args`` reports them)."""
-    try:
-        config = Fr3eConfig.from_args(args)
-    except ValueError:
-        config = None
-    return config.samples_per_prompt if config is not None else args.n_samples_per_prompt
