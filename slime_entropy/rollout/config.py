@@ -539,32 +539,34 @@ class Fr3eConfig:
     """The base group size (``--n-samples-per-prompt``)."""
 
     def __post_init__(self):
-        problems = []
-        if self.num_anchors < 1:
-            problems.append(f"--fr3e-num-anchors must be >= 1, got {self.num_anchors}")
-        if self.rollouts_per_anchor < 1:
-            problems.append(f"--fr3e-rollouts-per-anchor must be >= 1, got {self.rollouts_per_anchor}")
-        if not 1 <= self.base_per_prompt <= self.n_samples_per_prompt:
-            problems.append(
-                f"--fr3e-base-per-prompt {self.base_per_prompt} must lie in [1, --n-samples-per-prompt "
-                f"{self.n_samples_per_prompt}]"
-            )
-        if self.anchor_score not in ANCHOR_SCORES:
-            problems.append(f"--fr3e-anchor-score must be one of {ANCHOR_SCORES}, got {self.anchor_score!r}")
-        if self.modulation not in MODULATIONS:
-            problems.append(f"--fr3e-modulation must be one of {MODULATIONS}, got {self.modulation!r}")
+        problems = Problems()
+        problems.check(self.num_anchors >= 1, f"--fr3e-num-anchors must be >= 1, got {self.num_anchors}")
+        problems.check(
+            self.rollouts_per_anchor >= 1, f"--fr3e-rollouts-per-anchor must be >= 1, got {self.rollouts_per_anchor}"
+        )
+        problems.check(
+            1 <= self.base_per_prompt <= self.n_samples_per_prompt,
+            f"--fr3e-base-per-prompt {self.base_per_prompt} must lie in [1, --n-samples-per-prompt "
+            f"{self.n_samples_per_prompt}]",
+        )
+        problems.check(
+            self.anchor_score in ANCHOR_SCORES,
+            f"--fr3e-anchor-score must be one of {ANCHOR_SCORES}, got {self.anchor_score!r}",
+        )
+        problems.check(
+            self.modulation in MODULATIONS, f"--fr3e-modulation must be one of {MODULATIONS}, got {self.modulation!r}"
+        )
         if self.sharpen_power is not None:
-            if not self.sharpen_power > 0:
-                problems.append(f"--fr3e-sharpen-power must be > 0, got {self.sharpen_power}")
-            if self.modulation == "none":
-                problems.append("--fr3e-sharpen-power sharpens the modulation; it has no effect with "
-                                "--fr3e-modulation none")  # fmt: skip
-        if self.normalization_scope not in NORMALIZATION_SCOPES:
-            problems.append(
-                f"--fr3e-normalization-scope must be one of {NORMALIZATION_SCOPES}, got {self.normalization_scope!r}"
+            problems.check(self.sharpen_power > 0, f"--fr3e-sharpen-power must be > 0, got {self.sharpen_power}")
+            problems.check(
+                self.modulation != "none",
+                "--fr3e-sharpen-power sharpens the modulation; it has no effect with --fr3e-modulation none",
             )
-        if problems:
-            raise ValueError("\n".join(problems))
+        problems.check(
+            self.normalization_scope in NORMALIZATION_SCOPES,
+            f"--fr3e-normalization-scope must be one of {NORMALIZATION_SCOPES}, got {self.normalization_scope!r}",
+        )
+        problems.raise_if_any()
 
     @property
     def extra_samples_per_prompt(self) -> int:
@@ -601,29 +603,24 @@ class Fr3eConfig:
                 raise ValueError(f"{', '.join(FR3E_FLAGS[name] for name in given)} only apply with --fr3e; add --fr3e "
                                  "or drop them")  # fmt: skip
             return None
-        problems = []
-        if getattr(args, "rollout_stop", None):
-            problems.append(
-                "--fr3e continues trajectories from token prefixes, and an engine matches --rollout-stop strings "
-                "only in the text it generated itself (a stop string straddling the anchor would be missed); use "
-                "--rollout-stop-token-ids with --fr3e"
-            )
-        if (
-            given.get("rollouts_per_anchor", cls.rollouts_per_anchor) == 1
-            and given.get("normalization_scope", cls.normalization_scope) == "state"
-            and getattr(args, "rewards_normalization", True)
-        ):
-            problems.append(
-                "--fr3e-rollouts-per-anchor 1 with per-state normalisation makes every partial rollout's advantage 0; "
-                "use M >= 2 or --fr3e-normalization-scope prompt"
-            )
-        try:
-            config = cls(**given, n_samples_per_prompt=args.n_samples_per_prompt)
-        except ValueError as e:
-            problems.append(str(e))
-            config = None
-        if problems:
-            raise ValueError("\n".join(problems))
+        problems = Problems()
+        problems.check(
+            not getattr(args, "rollout_stop", None),
+            "--fr3e continues trajectories from token prefixes, and an engine matches --rollout-stop strings "
+            "only in the text it generated itself (a stop string straddling the anchor would be missed); use "
+            "--rollout-stop-token-ids with --fr3e",
+        )
+        problems.check(
+            not (
+                given.get("rollouts_per_anchor", cls.rollouts_per_anchor) == 1
+                and given.get("normalization_scope", cls.normalization_scope) == "state"
+                and getattr(args, "rewards_normalization", True)
+            ),
+            "--fr3e-rollouts-per-anchor 1 with per-state normalisation makes every partial rollout's advantage 0; "
+            "use M >= 2 or --fr3e-normalization-scope prompt",
+        )
+        config = problems.collect(lambda: cls(**given, n_samples_per_prompt=args.n_samples_per_prompt))
+        problems.raise_if_any()
         return config
 
 
